@@ -1,0 +1,50 @@
+# Everything a fresh machine needs: `make demo` runs the quickstart pipeline,
+# `make test` runs the whole test suite. Both create .venv (PyPI torch==2.11.0, the
+# libtorch that tch 0.24 links against, plus transformers for the parity tests) when
+# it is missing, then build.
+
+PYTHON      ?= python3
+VENV        := $(CURDIR)/.venv
+VENV_STAMP  := $(VENV)/.sspo-ready
+TORCH_PIN   := torch==2.11.0
+PY_DEPS     := $(TORCH_PIN) "transformers>=4.57,<5" safetensors numpy
+
+# libtorch comes from the venv's torch wheel; torch-sys finds it through `python`.
+export VIRTUAL_ENV          := $(VENV)
+export PATH                 := $(VENV)/bin:$(PATH)
+export LIBTORCH_USE_PYTORCH := 1
+export SSPO_PYTHON          := $(VENV)/bin/python
+
+CARGO ?= cargo
+
+.PHONY: demo test build release venv lint bench clean-venv
+
+demo: release
+	./target/release/sspo-run pipelines/quickstart.yaml
+
+test: build
+	$(CARGO) test --workspace --all-targets
+
+build: $(VENV_STAMP)
+	$(CARGO) build --workspace --all-targets
+
+release: $(VENV_STAMP)
+	$(CARGO) build --release --bin sspo-run
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP):
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(PY_DEPS)
+	touch $@
+
+lint: $(VENV_STAMP)
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: $(VENV_STAMP)
+	$(CARGO) build --release --bin sspo-run
+	./target/release/sspo-run bench all
+
+clean-venv:
+	rm -rf $(VENV)
