@@ -1,1 +1,28 @@
-//! Decoder-only transformers on libtorch.
+//! Decoder-only transformers (Qwen2 / Llama family) on libtorch.
+//!
+//! * [`Model::load_dir`] / [`Model::save_dir`]: HF directories in and out.
+//! * [`Decoder::forward`]: logits for causal, padded or custom-masked (packed) batches;
+//!   [`Decoder::forward_cached`] for incremental decoding with a [`KvCache`].
+//! * [`generate::Generator`]: batched KV-cache generation with continuous batching.
+//! * [`score`]: per-token log-probs of continuations.
+
+pub mod builtin;
+pub mod cache;
+pub mod chat;
+pub mod config;
+pub mod decoder;
+pub mod error;
+pub mod hub_dir;
+pub mod rope;
+pub mod runtime;
+pub mod tokenizer;
+mod weights;
+
+pub use cache::KvCache;
+pub use chat::ChatTemplate;
+pub use config::{Family, ModelConfig, RopeScaling};
+pub use decoder::{Attention, Decoder};
+pub use error::{ModelError, Result};
+pub use hub_dir::{GenerationDefaults, LoadOptions, Model};
+pub use runtime::{check_dtype_supported, parse_device, DType};
+pub use tokenizer::{IncrementalDecoder, TextTokenizer};
