@@ -12,9 +12,11 @@ pub mod chat;
 pub mod config;
 pub mod decoder;
 pub mod error;
+pub mod generate;
 pub mod hub_dir;
 pub mod rope;
 pub mod runtime;
+pub mod sampling;
 pub mod tokenizer;
 mod weights;
 
@@ -23,6 +25,9 @@ pub use chat::ChatTemplate;
 pub use config::{Family, ModelConfig, RopeScaling};
 pub use decoder::{Attention, Decoder};
 pub use error::{ModelError, Result};
+pub use generate::{
+    FinishReason, GenerationOutput, GenerationRequest, Generator, GeneratorConfig, SamplingParams,
+};
 pub use hub_dir::{GenerationDefaults, LoadOptions, Model};
 pub use runtime::{check_dtype_supported, parse_device, DType};
 pub use tokenizer::{IncrementalDecoder, TextTokenizer};

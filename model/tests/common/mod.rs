@@ -128,3 +128,74 @@ pub fn tensor_to_vec(t: &tch::Tensor) -> Vec<f32> {
         .view([-1]);
     Vec::<f32>::try_from(&t).expect("tensor to vec")
 }
+
+/// GPT-2 byte-to-unicode table, for a byte-level tokenizer with one token per byte.
+fn byte_chars() -> Vec<char> {
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut table = vec![' '; 256];
+    for (b, c) in bs.iter().zip(cs) {
+        table[*b as usize] = char::from_u32(c).unwrap();
+    }
+    table
+}
+
+pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+/// Writes a byte-level tokenizer (256 byte tokens + `<|endoftext|>`=256, `<|im_start|>`=257,
+/// `<|im_end|>`=258) and a ChatML `tokenizer_config.json` into `dir`; no python needed.
+pub fn write_byte_tokenizer(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let vocab: serde_json::Map<String, Value> = byte_chars()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.to_string(), Value::from(i)))
+        .collect();
+    let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+    let added: Vec<Value> = specials
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            serde_json::json!({"id": 256 + i, "content": s, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": []}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    let cfg = serde_json::json!({
+        "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "bos_token": null,
+        "chat_template": CHATML, "tokenizer_class": "PreTrainedTokenizerFast"
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+}
+
+/// The built-in `tiny-test` model with random weights and the byte tokenizer.
+pub fn tiny_model(seed: u64) -> sspo_model::Model {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "byte-tokenizer-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    write_byte_tokenizer(&dir);
+    sspo_model::Model::builtin("tiny-test", &dir, &Default::default(), seed).unwrap()
+}
