@@ -11,6 +11,7 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::rope;
 use crate::runtime::{check_dtype_supported, DType};
+use crate::sampling::Rng;
 
 /// How tokens of a batch may attend to each other in [`Decoder::forward`].
 #[derive(Debug, Clone, Copy)]
@@ -59,7 +60,7 @@ struct Layer {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Init {
     /// transformers' `_init_weights`: N(0, 0.02) matrices, zero biases, unit norms.
-    Random,
+    Random(u64),
     /// Zeros, to be overwritten by a checkpoint.
     Zeros,
 }
@@ -78,11 +79,12 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// A randomly initialised decoder (N(0, 0.02) like transformers). The same `seed` always
-    /// gives the same weights.
+    /// A randomly initialised decoder (N(0, 0.02) matrices like transformers). The values come
+    /// from a private generator per parameter (seeded by `seed` and the parameter name), not
+    /// from libtorch's global RNG, so the same seed gives the same weights on any device and
+    /// regardless of what other threads draw.
     pub fn random(cfg: &ModelConfig, dtype: DType, device: Device, seed: u64) -> Result<Self> {
-        tch::manual_seed(seed as i64);
-        Self::build(cfg, dtype, device, Init::Random)
+        Self::build(cfg, dtype, device, Init::Random(seed))
     }
 
     pub(crate) fn build(
@@ -98,9 +100,15 @@ impl Decoder {
         let root = vs.root();
         let param = |p: &nn::Path, name: &str, dims: &[i64], fill: Fill| -> Result<Tensor> {
             let t = match (init, fill) {
-                (Init::Random, Fill::Normal) => Tensor::f_randn(dims, (Kind::Float, device))?
-                    .f_mul_scalar(0.02)?
-                    .f_to_kind(kind)?,
+                (Init::Random(seed), Fill::Normal) => {
+                    let mut rng = Rng::for_stream(seed, &p.path(name));
+                    let n: i64 = dims.iter().product();
+                    let v: Vec<f32> = (0..n).map(|_| (rng.next_normal() * 0.02) as f32).collect();
+                    Tensor::from_slice(&v)
+                        .f_view(dims)?
+                        .f_to_kind(kind)?
+                        .f_to_device(device)?
+                }
                 (_, Fill::Ones) => Tensor::f_ones(dims, (kind, device))?,
                 _ => Tensor::f_zeros(dims, (kind, device))?,
             };

@@ -17,6 +17,7 @@ pub mod hub_dir;
 pub mod rope;
 pub mod runtime;
 pub mod sampling;
+pub mod score;
 pub mod tokenizer;
 mod weights;
 
@@ -30,4 +31,7 @@ pub use generate::{
 };
 pub use hub_dir::{GenerationDefaults, LoadOptions, Model};
 pub use runtime::{check_dtype_supported, parse_device, DType};
+pub use score::{
+    continuation_logprobs, forward_logits, probe_logprobs, PackedProbes, ScoreRequest,
+};
 pub use tokenizer::{IncrementalDecoder, TextTokenizer};
