@@ -279,6 +279,20 @@ impl Decoder {
         cache: &mut KvCache,
     ) -> Result<Tensor> {
         let (b, l) = self.check_tokens(tokens)?;
+        self.forward_cached_unchecked(tokens, positions, new_valid, cache, b, l)
+    }
+
+    /// [`Decoder::forward_cached`] without the token-range scan, for callers that built the
+    /// ids themselves (the generator).
+    pub(crate) fn forward_cached_unchecked(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        new_valid: &Tensor,
+        cache: &mut KvCache,
+        b: i64,
+        l: i64,
+    ) -> Result<Tensor> {
         if cache.batch() != b {
             return Err(ModelError::Input(format!(
                 "cache holds {} rows but tokens have {b}",
@@ -393,26 +407,36 @@ impl Decoder {
             Some(cache) => cache.append(idx, &k, &v)?,
             None => (k, v),
         };
+        // GQA without copying keys/values: the `groups` query heads that share a kv head are
+        // folded into the query-length axis, `[b, kv, groups * l, d]`, with the mask repeated.
         let groups = c.gqa_groups();
-        let (k, v) = if groups > 1 {
-            (
-                k.f_repeat_interleave_self_int(groups, 1, None)?,
-                v.f_repeat_interleave_self_int(groups, 1, None)?,
-            )
+        let kv = c.num_key_value_heads;
+        let (q, mask) = if groups > 1 {
+            let q = q.f_reshape([b, kv, groups * l, c.head_dim])?;
+            let m = mask.size();
+            let mask = if m[2] == 1 {
+                mask.shallow_clone()
+            } else {
+                mask.f_unsqueeze(2)?
+                    .f_expand([m[0], 1, groups, m[2], m[3]], false)?
+                    .f_reshape([m[0], 1, groups * m[2], m[3]])?
+            };
+            (q, mask)
         } else {
-            (k, v)
+            (q, mask.shallow_clone())
         };
         let scale = 1.0 / (c.head_dim as f64).sqrt();
         let o = Tensor::f_scaled_dot_product_attention(
             &q,
             &k,
             &v,
-            Some(mask),
+            Some(&mask),
             0.0,
             false,
             scale,
             false,
-        )?;
+        )?
+        .f_reshape([b, c.num_attention_heads, l, c.head_dim])?;
         let o = o
             .f_transpose(1, 2)?
             .f_reshape([b, l, c.num_attention_heads * c.head_dim])?;
@@ -422,6 +446,11 @@ impl Decoder {
     /// RMSNorm as transformers computes it: normalise in float32, cast back, then scale.
     fn rms_norm(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
         let kind = x.kind();
+        if kind == Kind::Float {
+            // Same arithmetic in one kernel instead of seven.
+            let h = *x.size().last().unwrap_or(&0);
+            return Ok(x.f_rms_norm([h].as_slice(), Some(weight), self.cfg.rms_norm_eps)?);
+        }
         let xf = x.f_to_kind(Kind::Float)?;
         let var = xf
             .f_pow_tensor_scalar(2)?

@@ -246,9 +246,10 @@ impl<'a> Generator<'a> {
         let valid = Tensor::from_slice(&valid).f_view([n, max_len])?;
         let positions = Tensor::from_slice(&positions).f_view([n, max_len])?;
         let mut cache = self.decoder.new_cache(n, max_len + max_new.min(1024))?;
+        // Prompt ids were range-checked up front.
         let hidden = self
             .decoder
-            .forward_cached(&tokens, &positions, &valid, &mut cache)?;
+            .forward_cached_unchecked(&tokens, &positions, &valid, &mut cache, n, max_len)?;
         let last = hidden.f_select(1, max_len - 1)?;
         let logits = self.decoder.logits(&last)?.f_to_device(tch::Device::Cpu)?;
         Ok((cache, logits))
@@ -272,9 +273,10 @@ impl<'a> Generator<'a> {
             .f_to_device(device)?;
         let positions = Tensor::from_slice(&pos).f_view([b, 1])?;
         let valid = Tensor::f_ones([b, 1], (Kind::Bool, tch::Device::Cpu))?;
+        // Sampled ids are in range by construction.
         let hidden = self
             .decoder
-            .forward_cached(&tokens, &positions, &valid, cache)?;
+            .forward_cached_unchecked(&tokens, &positions, &valid, cache, b, 1)?;
         let last = hidden.f_select(1, 0)?;
         Ok(self.decoder.logits(&last)?.f_to_device(tch::Device::Cpu)?)
     }

@@ -4,10 +4,12 @@ use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, SafeTensors, View};
+use std::io::{Read, Seek, SeekFrom};
+
+use safetensors::tensor::{Dtype, View};
 use tch::{Kind, Tensor};
 
-use crate::error::{read_file, read_json, ModelError, Result};
+use crate::error::{read_json, ModelError, Result};
 
 pub(crate) const SINGLE_FILE: &str = "model.safetensors";
 pub(crate) const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -42,46 +44,132 @@ pub(crate) fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
 }
 
-fn kind_of(dtype: Dtype, path: &Path, name: &str) -> Result<Kind> {
+fn kind_of(dtype: &str, path: &Path, name: &str) -> Result<Kind> {
     Ok(match dtype {
-        Dtype::F32 => Kind::Float,
-        Dtype::BF16 => Kind::BFloat16,
-        Dtype::F16 => Kind::Half,
-        Dtype::F64 => Kind::Double,
+        "F32" => Kind::Float,
+        "BF16" => Kind::BFloat16,
+        "F16" => Kind::Half,
+        "F64" => Kind::Double,
         other => {
             return Err(ModelError::Safetensors {
                 path: path.to_path_buf(),
-                message: format!("tensor {name:?} has unsupported dtype {other:?}"),
+                message: format!("tensor {name:?} has unsupported dtype {other}"),
             })
         }
     })
 }
 
+/// One entry of a safetensors header.
+struct Entry {
+    name: String,
+    dtype: String,
+    shape: Vec<i64>,
+    start: u64,
+    end: u64,
+}
+
+/// Reads the JSON header of a safetensors file; returns the entries and where data begins.
+fn read_header(file: &mut std::fs::File, path: &Path) -> Result<(Vec<Entry>, u64)> {
+    let bad = |message: String| ModelError::Safetensors {
+        path: path.to_path_buf(),
+        message,
+    };
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(io)?;
+    let n = u64::from_le_bytes(len);
+    let file_len = file.metadata().map_err(io)?.len();
+    if n > 100_000_000 || n + 8 > file_len {
+        return Err(bad(format!("implausible header length {n}")));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("bad header: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("header is not an object".into()))?;
+    let mut entries = Vec::new();
+    for (name, info) in obj {
+        if name == "__metadata__" {
+            continue;
+        }
+        let field = |k: &str| {
+            info.get(k)
+                .ok_or_else(|| bad(format!("{name}: missing {k}")))
+        };
+        let dtype = field("dtype")?.as_str().unwrap_or_default().to_string();
+        let ints = |k: &str| -> Result<Vec<u64>> {
+            field(k)?
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
+                .ok_or_else(|| bad(format!("{name}: bad {k}")))
+        };
+        let shape = ints("shape")?.into_iter().map(|d| d as i64).collect();
+        let offsets = ints("data_offsets")?;
+        let [start, end] = offsets[..] else {
+            return Err(bad(format!("{name}: bad data_offsets")));
+        };
+        if start > end || 8 + n + end > file_len {
+            return Err(bad(format!("{name}: data_offsets outside the file")));
+        }
+        entries.push(Entry {
+            name: name.clone(),
+            dtype,
+            shape,
+            start,
+            end,
+        });
+    }
+    Ok((entries, 8 + n))
+}
+
 /// Copies every tensor of the checkpoint in `dir` into the matching entry of `params`
 /// (converting dtype and device). Checkpoint tensors without a matching parameter are ignored
-/// (e.g. `lm_head.weight` of a tied model); a parameter with no tensor is an error.
+/// (e.g. `lm_head.weight` of a tied model); a parameter with no tensor is an error. Tensors are
+/// read one at a time, so peak memory is the model plus its largest tensor.
 pub(crate) fn load_into(dir: &Path, params: &HashMap<String, Tensor>) -> Result<()> {
     let mut filled: BTreeSet<&str> = BTreeSet::new();
-    for file in checkpoint_files(dir)? {
-        let bytes = read_file(&file)?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::Safetensors {
-            path: file.clone(),
-            message: e.to_string(),
-        })?;
-        for (name, view) in st.tensors() {
-            let Some((key, param)) = params.get_key_value(name.as_str()) else {
+    for path in checkpoint_files(dir)? {
+        let io = |source| ModelError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = std::fs::File::open(&path).map_err(io)?;
+        let (mut entries, data_start) = read_header(&mut file, &path)?;
+        entries.sort_by_key(|e| e.start);
+        let mut buf = Vec::new();
+        for e in entries {
+            let Some((key, param)) = params.get_key_value(e.name.as_str()) else {
                 continue;
             };
-            let found: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-            if found != param.size() {
+            if e.shape != param.size() {
                 return Err(ModelError::ShapeMismatch {
-                    name,
+                    name: e.name,
                     expected: param.size(),
-                    found,
+                    found: e.shape,
                 });
             }
-            let kind = kind_of(view.dtype(), &file, &name)?;
-            let src = Tensor::f_from_data_size(view.data(), &found, kind)?;
+            let kind = kind_of(&e.dtype, &path, &e.name)?;
+            let numel: i64 = e.shape.iter().product();
+            let nbytes = (e.end - e.start) as usize;
+            if nbytes != numel as usize * kind.elt_size_in_bytes() {
+                return Err(ModelError::Safetensors {
+                    path: path.clone(),
+                    message: format!(
+                        "tensor {:?}: {nbytes} bytes for shape {:?}",
+                        e.name, e.shape
+                    ),
+                });
+            }
+            buf.resize(nbytes, 0);
+            file.seek(SeekFrom::Start(data_start + e.start))
+                .map_err(io)?;
+            file.read_exact(&mut buf).map_err(io)?;
+            let src = Tensor::f_from_data_size(&buf, &e.shape, kind)?;
             tch::no_grad(|| param.shallow_clone().f_copy_(&src))?;
             filled.insert(key.as_str());
         }

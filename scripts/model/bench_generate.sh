@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Generation throughput: sspo (tch) vs transformers on the same random weights and prompts.
+# Usage: scripts/model/bench_generate.sh [THREADS]   (default 2)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+THREADS="${1:-2}"
+PY="${SSPO_PYTHON:-$PWD/.venv/bin/python}"
+export VIRTUAL_ENV="${VIRTUAL_ENV:-$PWD/.venv}" PATH="$PWD/.venv/bin:$PATH" LIBTORCH_USE_PYTORCH=1
+export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
+TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
+cargo build --release -p sspo-model --example bench_generate >&2
+BIN="$TARGET/release/examples/bench_generate"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+# shape batch new_tokens
+for spec in "small 8 64" "wide 8 32"; do
+  set -- $spec
+  "$PY" scripts/model/bench_hf_generate.py make "$WORK/$1" "$1" 2>/dev/null
+  echo "# shape=$1 batch=$2 new_tokens=$3 threads=$THREADS"
+  "$BIN" "$WORK/$1" "$2" "$3" "$THREADS"
+  "$PY" scripts/model/bench_hf_generate.py run "$WORK/$1" "$2" "$3" "$THREADS" 2>/dev/null
+done

@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""transformers side of the generation benchmark (see bench_generate.sh).
+
+  bench_hf_generate.py make DIR SHAPE   write a random model of SHAPE (small|wide) + prompts.json
+  bench_hf_generate.py run DIR BATCH NEW_TOKENS THREADS
+      greedy `generate` over all prompts in batches of BATCH, NEW_TOKENS each (no eos), prints
+      one JSON line: new tokens/s and peak RSS.
+"""
+import json
+import os
+import sys
+import time
+
+SHAPES = {
+    # name: (hidden, layers, heads, kv heads, intermediate, vocab, n_prompts, prompt_len)
+    "small": (256, 4, 4, 2, 768, 4096, 16, 32),
+    "wide": (896, 8, 14, 2, 4864, 32000, 16, 64),
+}
+
+
+def peak_rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def make(d, shape):
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from make_reference import build_tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    h, layers, heads, kv, inter, vocab, n, plen = SHAPES[shape]
+    cfg = Qwen2Config(
+        vocab_size=vocab, hidden_size=h, intermediate_size=inter, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=4096,
+        tie_word_embeddings=True, rope_theta=1000000.0, eos_token_id=None, bos_token_id=None,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.save_pretrained(d, safe_serialization=True)
+    PreTrainedTokenizerFast(tokenizer_object=build_tokenizer(), eos_token="<|im_end|>").save_pretrained(d)
+    g = torch.Generator().manual_seed(1)
+    prompts = torch.randint(5, vocab, (n, plen), generator=g).tolist()
+    json.dump(prompts, open(os.path.join(d, "prompts.json"), "w"))
+
+
+def run(d, batch, new_tokens, threads):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    model.eval()
+    prompts = json.load(open(os.path.join(d, "prompts.json")))
+    kw = dict(do_sample=False, eos_token_id=None, pad_token_id=0, min_new_tokens=new_tokens)
+    with torch.inference_mode():
+        warm = torch.tensor(prompts[:1])
+        model.generate(warm, attention_mask=torch.ones_like(warm), max_new_tokens=4, **kw)
+        start = time.perf_counter()
+        total = 0
+        for i in range(0, len(prompts), batch):
+            ids = torch.tensor(prompts[i : i + batch])
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, **kw)
+            total += (out.shape[1] - ids.shape[1]) * ids.shape[0]
+        secs = time.perf_counter() - start
+    print(json.dumps({"impl": "transformers", "new_tokens": total, "seconds": round(secs, 3),
+                      "tokens_per_s": round(total / secs, 1), "peak_rss_mb": round(peak_rss_mb(), 1)}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "make":
+        make(sys.argv[2], sys.argv[3])
+    else:
+        run(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
