@@ -1,14 +1,15 @@
 //! sspo side of the generation benchmark (see `scripts/model/bench_generate.sh`).
 //!
-//! `bench_generate DIR BATCH NEW_TOKENS THREADS`: greedy generation over `DIR/prompts.json`
-//! with `BATCH` slots, `NEW_TOKENS` per prompt (no eos); prints one JSON line with new tokens/s
-//! and peak RSS.
+//! `bench_generate DIR BATCH NEW_TOKENS THREADS [fixed|mixed] [fp32|bf16]`: greedy generation over
+//! `DIR/prompts.json` with `BATCH` slots, `NEW_TOKENS` per prompt (no eos); prints one JSON
+//! line with new tokens/s and peak RSS. `mixed`: prompt `i` wants `wanted(i)` tokens (between
+//! NEW_TOKENS/8 and 2*NEW_TOKENS), as when requests hit eos at different points.
 
 use std::path::Path;
 use std::time::Instant;
 
 use sspo_model::{
-    GenerationRequest, Generator, GeneratorConfig, LoadOptions, Model, SamplingParams,
+    DType, GenerationRequest, Generator, GeneratorConfig, LoadOptions, Model, SamplingParams,
 };
 
 fn peak_rss_mb() -> f64 {
@@ -23,17 +24,51 @@ fn peak_rss_mb() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// Same formula as `scripts/model/bench_hf_generate.py`.
+fn wanted(i: usize, new_tokens: usize, mixed: bool) -> usize {
+    if mixed {
+        (new_tokens * (1 + (i * 7) % 16) / 8).max(1)
+    } else {
+        new_tokens
+    }
+}
+
+/// User + system CPU seconds of the whole process (all threads), from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    match (f.get(11), f.get(12)) {
+        (Some(u), Some(s)) => (u + s) / 100.0, // USER_HZ is 100 on Linux
+        _ => f64::NAN,
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 5 {
-        return Err("usage: bench_generate DIR BATCH NEW_TOKENS THREADS".into());
+    if !(5..=7).contains(&args.len()) {
+        return Err(
+            "usage: bench_generate DIR BATCH NEW_TOKENS THREADS [fixed|mixed] [fp32|bf16]".into(),
+        );
     }
+    let mixed = args.get(5).is_some_and(|m| m == "mixed");
+    let dtype: DType = args.get(6).map_or("fp32", |s| s.as_str()).parse()?;
     let dir = Path::new(&args[1]);
     let batch: usize = args[2].parse()?;
     let new_tokens: usize = args[3].parse()?;
     let threads: i32 = args[4].parse()?;
     tch::set_num_threads(threads);
-    let model = Model::load_dir(dir, &LoadOptions::default())?;
+    let model = Model::load_dir(
+        dir,
+        &LoadOptions {
+            dtype,
+            device: tch::Device::Cpu,
+        },
+    )?;
     let prompts: Vec<Vec<i64>> =
         serde_json::from_str(&std::fs::read_to_string(dir.join("prompts.json"))?)?;
     let request = |p: &Vec<i64>, n: usize| GenerationRequest {
@@ -52,16 +87,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     );
     gen.generate(&[request(&prompts[0], 4)])?;
-    let requests: Vec<GenerationRequest> = prompts.iter().map(|p| request(p, new_tokens)).collect();
+    let requests: Vec<GenerationRequest> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| request(p, wanted(i, new_tokens, mixed)))
+        .collect();
     let start = Instant::now();
+    let cpu0 = cpu_seconds();
     let out = gen.generate(&requests)?;
     let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
     let total: usize = out.iter().map(|o| o.n_tokens).sum();
     println!(
         "{}",
         serde_json::json!({
-            "impl": "sspo", "new_tokens": total, "seconds": (secs * 1000.0).round() / 1000.0,
+            "impl": "sspo", "mixed": mixed, "dtype": dtype.to_string(), "new_tokens": total, "seconds": (secs * 1000.0).round() / 1000.0,
             "tokens_per_s": (total as f64 / secs * 10.0).round() / 10.0,
+            "cpu_seconds": (cpu * 100.0).round() / 100.0,
+            "tokens_per_cpu_s": (total as f64 / cpu * 10.0).round() / 10.0,
             "peak_rss_mb": (peak_rss_mb() * 10.0).round() / 10.0,
         })
     );

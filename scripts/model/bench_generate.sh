@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Generation throughput: sspo (tch) vs transformers on the same random weights and prompts.
-# Usage: scripts/model/bench_generate.sh [THREADS]   (default 2)
+# Usage: scripts/model/bench_generate.sh [THREADS] [REPEATS]   (defaults 2, 1)
+# Prints one JSON line per run; the two implementations alternate so that background load
+# hits both alike.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 THREADS="${1:-2}"
+REPEATS="${2:-1}"
 PY="${SSPO_PYTHON:-$PWD/.venv/bin/python}"
 export VIRTUAL_ENV="${VIRTUAL_ENV:-$PWD/.venv}" PATH="$PWD/.venv/bin:$PATH" LIBTORCH_USE_PYTORCH=1
 export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
@@ -12,11 +15,14 @@ cargo build --release -p sspo-model --example bench_generate >&2
 BIN="$TARGET/release/examples/bench_generate"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
-# shape batch new_tokens
-for spec in "small 8 64" "wide 8 32"; do
+# shape batch new_tokens fixed|mixed dtype
+for spec in "small 8 64 fixed fp32" "small 8 64 mixed fp32" "wide 8 32 fixed fp32" \
+            "wide 8 32 mixed fp32" "wide 8 32 fixed bf16"; do
   set -- $spec
-  "$PY" scripts/model/bench_hf_generate.py make "$WORK/$1" "$1" 2>/dev/null
-  echo "# shape=$1 batch=$2 new_tokens=$3 threads=$THREADS"
-  "$BIN" "$WORK/$1" "$2" "$3" "$THREADS"
-  "$PY" scripts/model/bench_hf_generate.py run "$WORK/$1" "$2" "$3" "$THREADS" 2>/dev/null
+  test -d "$WORK/$1" || "$PY" scripts/model/bench_hf_generate.py make "$WORK/$1" "$1" 2>/dev/null
+  echo "# shape=$1 batch=$2 new_tokens=$3 lengths=$4 dtype=$5 threads=$THREADS"
+  for _ in $(seq "$REPEATS"); do
+    "$BIN" "$WORK/$1" "$2" "$3" "$THREADS" "$4" "$5"
+    "$PY" scripts/model/bench_hf_generate.py run "$WORK/$1" "$2" "$3" "$THREADS" "$4" "$5" 2>/dev/null
+  done
 done

@@ -2,9 +2,12 @@
 """transformers side of the generation benchmark (see bench_generate.sh).
 
   bench_hf_generate.py make DIR SHAPE   write a random model of SHAPE (small|wide) + prompts.json
-  bench_hf_generate.py run DIR BATCH NEW_TOKENS THREADS
+  bench_hf_generate.py run DIR BATCH NEW_TOKENS THREADS [fixed|mixed] [fp32|bf16]
       greedy `generate` over all prompts in batches of BATCH, NEW_TOKENS each (no eos), prints
       one JSON line: new tokens/s and peak RSS.
+      `mixed`: prompt i wants new_tokens(i) tokens (between NEW_TOKENS/8 and 2*NEW_TOKENS), like
+      requests that hit eos at different points: a static batch runs until its longest request
+      is done and only the wanted tokens count.
 """
 import json
 import os
@@ -49,12 +52,18 @@ def make(d, shape):
     json.dump(prompts, open(os.path.join(d, "prompts.json"), "w"))
 
 
-def run(d, batch, new_tokens, threads):
+def wanted(i, new_tokens, mixed):
+    # Same formula as model/examples/bench_generate.rs.
+    return max(1, new_tokens * (1 + (i * 7) % 16) // 8) if mixed else new_tokens
+
+
+def run(d, batch, new_tokens, threads, mixed, dtype):
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(threads)
-    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch_dtype)
     model.eval()
     prompts = json.load(open(os.path.join(d, "prompts.json")))
     kw = dict(do_sample=False, eos_token_id=None, pad_token_id=0, min_new_tokens=new_tokens)
@@ -62,18 +71,26 @@ def run(d, batch, new_tokens, threads):
         warm = torch.tensor(prompts[:1])
         model.generate(warm, attention_mask=torch.ones_like(warm), max_new_tokens=4, **kw)
         start = time.perf_counter()
+        cpu0 = time.process_time()
         total = 0
         for i in range(0, len(prompts), batch):
             ids = torch.tensor(prompts[i : i + batch])
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, **kw)
-            total += (out.shape[1] - ids.shape[1]) * ids.shape[0]
+            want = [wanted(j, new_tokens, mixed) for j in range(i, i + ids.shape[0])]
+            kw["min_new_tokens"] = max(want)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max(want), **kw)
+            assert out.shape[1] - ids.shape[1] == max(want)
+            total += sum(want)
         secs = time.perf_counter() - start
-    print(json.dumps({"impl": "transformers", "new_tokens": total, "seconds": round(secs, 3),
-                      "tokens_per_s": round(total / secs, 1), "peak_rss_mb": round(peak_rss_mb(), 1)}))
+        cpu = time.process_time() - cpu0
+    print(json.dumps({"impl": "transformers", "mixed": mixed, "dtype": dtype, "new_tokens": total, "seconds": round(secs, 3),
+                      "tokens_per_s": round(total / secs, 1), "cpu_seconds": round(cpu, 2),
+                      "tokens_per_cpu_s": round(total / cpu, 1), "peak_rss_mb": round(peak_rss_mb(), 1)}))
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "make":
         make(sys.argv[2], sys.argv[3])
     else:
-        run(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+        mixed = len(sys.argv) > 6 and sys.argv[6] == "mixed"
+        dtype = sys.argv[7] if len(sys.argv) > 7 else "fp32"
+        run(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), mixed, dtype)
