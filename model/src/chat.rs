@@ -288,3 +288,42 @@ fn escape_into(s: &str, out: &mut String) {
     }
     out.push('"');
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(src: &str, extra: Json) -> String {
+        ChatTemplate::new(src, vec![("bos_token".into(), "<s>".into())])
+            .unwrap()
+            .render(&serde_json::json!([]), false, Some(&extra))
+            .unwrap()
+    }
+
+    #[test]
+    fn tojson_matches_python_json_dumps() {
+        let extra =
+            serde_json::json!({"x": {"name": "f", "args": [1, 2.5, "a\"b ü"], "none": null}});
+        // json.dumps(x, ensure_ascii=False): python separators, no HTML escaping.
+        assert_eq!(
+            render("{{ x | tojson }}", extra.clone()),
+            r#"{"args": [1, 2.5, "a\"b ü"], "name": "f", "none": null}"#
+        );
+        assert_eq!(
+            render("{{ x.args | tojson(indent=2) }}", extra),
+            "[\n  1,\n  2.5,\n  \"a\\\"b ü\"\n]"
+        );
+    }
+
+    #[test]
+    fn transformers_globals_are_available() {
+        assert_eq!(
+            render("{{ bos_token }}{{ tools is none }}", serde_json::json!({})),
+            "<s>True" // rendered like Jinja
+        );
+        assert!(!render("{{ strftime_now('%Y-%m-%d') }}", serde_json::json!({})).is_empty());
+        let t = ChatTemplate::new("{{ raise_exception('nope') }}", vec![]).unwrap();
+        let err = t.render(&serde_json::json!([]), false, None).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+}

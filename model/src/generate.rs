@@ -307,13 +307,21 @@ impl<'a> Generator<'a> {
                 continue;
             }
             if !params.stop.is_empty() {
-                slot.text.push(self.tokenizer, tok)?;
+                let before = slot.text.text().len();
+                let added = slot.text.push(self.tokenizer, tok)?;
                 let text = slot.text.text();
-                // A stop string can only be new if it ends inside the freshly added text.
-                if params
-                    .stop
-                    .iter()
-                    .any(|s| !s.is_empty() && text.contains(s.as_str()))
+                // A new match must end inside the added text, so only the tail is searched.
+                let longest = params.stop.iter().map(String::len).max().unwrap_or(0);
+                let mut from = before.saturating_sub(longest.saturating_sub(1));
+                while !text.is_char_boundary(from) {
+                    from -= 1;
+                }
+                let tail = &text[from..];
+                if !added.is_empty()
+                    && params
+                        .stop
+                        .iter()
+                        .any(|s| !s.is_empty() && tail.contains(s.as_str()))
                 {
                     slot.finished = Some(FinishReason::Stop);
                     continue;

@@ -14,7 +14,7 @@ pub mod decoder;
 pub mod error;
 pub mod generate;
 pub mod hub_dir;
-pub mod rope;
+mod rope;
 pub mod runtime;
 pub mod sampling;
 pub mod score;
