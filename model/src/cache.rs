@@ -155,7 +155,10 @@ impl KvCache {
             self.len = 0;
             return Ok(());
         }
-        let used = self.valid()?.f_any_dims([0i64].as_slice(), false)?;
+        let used = self
+            .valid()?
+            .f_any_dims([0i64].as_slice(), false)?
+            .f_to_device(Device::Cpu)?;
         let used: Vec<bool> = Vec::<bool>::try_from(&used)?;
         let first = used.iter().position(|&u| u).unwrap_or(used.len()) as i64;
         if first == 0 {

@@ -407,30 +407,29 @@ impl Decoder {
             Some(cache) => cache.append(idx, &k, &v)?,
             None => (k, v),
         };
-        // GQA without copying keys/values: the `groups` query heads that share a kv head are
-        // folded into the query-length axis, `[b, kv, groups * l, d]`, with the mask repeated.
         let groups = c.gqa_groups();
         let kv = c.num_key_value_heads;
-        let (q, mask) = if groups > 1 {
-            let q = q.f_reshape([b, kv, groups * l, c.head_dim])?;
-            let m = mask.size();
-            let mask = if m[2] == 1 {
-                mask.shallow_clone()
-            } else {
-                mask.f_unsqueeze(2)?
-                    .f_expand([m[0], 1, groups, m[2], m[3]], false)?
-                    .f_reshape([m[0], 1, groups * m[2], m[3]])?
-            };
-            (q, mask)
+        let (q, k, v) = if groups == 1 {
+            (q, k, v)
+        } else if l == 1 {
+            // Decoding: fold the `groups` query heads that share a kv head into the query axis,
+            // `[b, kv, groups, d]`, so the cached keys/values are not copied every step (the
+            // `[b, 1, 1, t]` mask broadcasts over the folded rows).
+            (q.f_reshape([b, kv, groups, c.head_dim])?, k, v)
         } else {
-            (q, mask.shallow_clone())
+            // Longer inputs: repeat keys/values (folding would need a `groups`-times larger mask).
+            (
+                q,
+                k.f_repeat_interleave_self_int(groups, 1, None)?,
+                v.f_repeat_interleave_self_int(groups, 1, None)?,
+            )
         };
         let scale = 1.0 / (c.head_dim as f64).sqrt();
         let o = Tensor::f_scaled_dot_product_attention(
             &q,
             &k,
             &v,
-            Some(&mask),
+            Some(mask),
             0.0,
             false,
             scale,

@@ -91,6 +91,32 @@ pub struct GeneratorConfig {
     pub eos_token_ids: Vec<i64>,
 }
 
+/// Most attention-mask entries (rows x len x len) one prefill call may build; larger admissions
+/// are prefilled in several groups.
+const PREFILL_MASK_BUDGET: usize = 1 << 26;
+
+/// Splits `admitted` into consecutive groups whose padded prefill mask fits the budget (a
+/// group always holds at least one request).
+fn prefill_groups<'r>(requests: &[GenerationRequest], admitted: &'r [usize]) -> Vec<&'r [usize]> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    let mut max_len = 0;
+    for (i, &r) in admitted.iter().enumerate() {
+        let len = requests[r].prompt_ids.len().max(max_len);
+        if i > start && (i - start + 1) * len * len > PREFILL_MASK_BUDGET {
+            groups.push(&admitted[start..i]);
+            start = i;
+            max_len = requests[r].prompt_ids.len();
+        } else {
+            max_len = len;
+        }
+    }
+    if start < admitted.len() {
+        groups.push(&admitted[start..]);
+    }
+    groups
+}
+
 /// Runs [`GenerationRequest`]s through a [`Decoder`].
 pub struct Generator<'a> {
     decoder: &'a Decoder,
@@ -172,14 +198,19 @@ impl<'a> Generator<'a> {
                     let admitted: Vec<usize> = (0..free.min(queue.len()))
                         .filter_map(|_| queue.pop_front())
                         .collect();
-                    let (new_cache, logits) = self.prefill(requests, &admitted)?;
-                    cache = Some(match cache.take() {
-                        Some(mut c) => {
-                            c.concat_rows(&new_cache)?;
-                            c
-                        }
-                        None => new_cache,
-                    });
+                    let mut parts = Vec::new();
+                    for group in prefill_groups(requests, &admitted) {
+                        let (new_cache, logits) = self.prefill(requests, group)?;
+                        cache = Some(match cache.take() {
+                            Some(mut c) => {
+                                c.concat_rows(&new_cache)?;
+                                c
+                            }
+                            None => new_cache,
+                        });
+                        parts.push(logits);
+                    }
+                    let logits = Tensor::f_cat(&parts, 0)?;
                     let start = slots.len();
                     for &r in &admitted {
                         slots.push(Slot {
@@ -397,5 +428,37 @@ impl<'a> Generator<'a> {
             finish_reason: reason,
             n_tokens: ids.len(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefill_groups_respect_the_mask_budget() {
+        let req = |n: usize| GenerationRequest {
+            prompt_ids: vec![1; n],
+            params: SamplingParams::default(),
+        };
+        let requests = vec![req(10), req(4000), req(4000), req(4000), req(4000), req(5)];
+        let admitted: Vec<usize> = (0..requests.len()).collect();
+        let groups = prefill_groups(&requests, &admitted);
+        let flat: Vec<usize> = groups.iter().flat_map(|g| g.iter().copied()).collect();
+        assert_eq!(flat, admitted);
+        for g in &groups {
+            let len = g
+                .iter()
+                .map(|&r| requests[r].prompt_ids.len())
+                .max()
+                .unwrap();
+            assert!(
+                g.len() == 1 || g.len() * len * len <= PREFILL_MASK_BUDGET,
+                "{g:?}"
+            );
+        }
+        assert!(groups.len() > 1);
+        let small: Vec<usize> = vec![0, 5];
+        assert_eq!(prefill_groups(&requests, &small).len(), 1);
     }
 }
