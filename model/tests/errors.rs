@@ -107,10 +107,27 @@ fn config_errors_are_clear() {
     let mut v = base.clone();
     v["num_key_value_heads"] = 3.into();
     assert!(ModelConfig::from_json(&v).is_err());
-    let mut v = base;
+    let mut v = base.clone();
     v.as_object_mut().unwrap().remove("hidden_size");
     let err = ModelConfig::from_json(&v).unwrap_err().to_string();
     assert!(err.contains("hidden_size"), "{err}");
+    let mut v = base.clone();
+    v["eos_token_id"] = serde_json::json!([128001, 128009]);
+    v["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+    let cfg = ModelConfig::from_json(&v).unwrap();
+    assert_eq!(cfg.eos_token_ids, vec![128001, 128009]);
+    // Serialising and parsing again gives the same config.
+    assert_eq!(
+        ModelConfig::from_json(&cfg.to_json()).unwrap().rope_scaling,
+        cfg.rope_scaling
+    );
+    assert_eq!(
+        ModelConfig::from_json(&cfg.to_json())
+            .unwrap()
+            .eos_token_ids,
+        cfg.eos_token_ids
+    );
     let err = sspo_model::parse_device("tpu").unwrap_err().to_string();
     assert!(err.contains("tpu"), "{err}");
     assert_eq!(sspo_model::parse_device("cpu").unwrap(), tch::Device::Cpu);
