@@ -203,7 +203,9 @@ impl Decoder {
         &self.vs
     }
 
-    /// Mutable access, e.g. to freeze the weights.
+    /// Mutable access, e.g. to freeze the weights. Do not change dtype or device through it
+    /// (`set_kind`, `set_device`): that replaces the tensors while the decoder keeps using the
+    /// old ones; choose dtype and device when loading instead.
     pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
         &mut self.vs
     }
