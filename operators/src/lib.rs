@@ -1,1 +1,18 @@
-pub fn placeholder() {}
+//! The operators of `sspo`, one per file, each implementing
+//! [`sspo_engine::Operator`]. [`registry`] lists them for the CLI.
+
+use std::sync::Arc;
+
+use sspo_engine::Registry;
+
+pub mod segment;
+pub mod source;
+pub mod tasks;
+
+/// Every built-in operator.
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register(Arc::new(source::Source));
+    r.register(Arc::new(segment::Segment));
+    r
+}

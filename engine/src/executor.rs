@@ -1,0 +1,210 @@
+//! Runs a [`Plan`] against a run directory: cached nodes are skipped, partial ones
+//! resumed, stale ones recomputed (with everything downstream, since fingerprints chain).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::fingerprint::ContentHasher;
+use crate::plan::{Plan, PlanError};
+use crate::progress::{Progress, ProgressMode};
+use crate::run::{OpError, RunContext};
+use crate::store::{Manifest, NodeDir, NodeState, RunLock, StoreError};
+
+/// The state of a node's output relative to the current spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeStatus {
+    /// Complete, same fingerprint: a run skips it.
+    Cached,
+    /// Interrupted, same fingerprint: a run resumes it.
+    Partial,
+    /// Output of another fingerprint: a run recomputes it.
+    Stale,
+    /// Nothing written yet.
+    Missing,
+}
+
+impl NodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Cached => "cached",
+            NodeStatus::Partial => "partial",
+            NodeStatus::Stale => "stale",
+            NodeStatus::Missing => "missing",
+        }
+    }
+}
+
+pub fn status_of(manifest: Option<&Manifest>, fingerprint: &str) -> NodeStatus {
+    match manifest {
+        None => NodeStatus::Missing,
+        Some(m) if m.fingerprint != fingerprint => NodeStatus::Stale,
+        Some(m) if m.state == NodeState::Complete => NodeStatus::Cached,
+        Some(_) => NodeStatus::Partial,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("node `{node}` (op `{op}`) failed: {source}")]
+    Node {
+        node: String,
+        op: String,
+        #[source]
+        source: OpError,
+    },
+    #[error("interrupted during node `{0}`; committed chunks are kept and the next run resumes from them")]
+    Interrupted(String),
+    #[error("unknown node `{0}`{1}")]
+    UnknownNode(String, String),
+}
+
+/// What happened to each node in a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeOutcome {
+    pub node: String,
+    /// `cached`, `ran`, `resumed`.
+    pub action: &'static str,
+    pub rows: u64,
+    pub seconds: f64,
+}
+
+/// Options of one run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub run_dir: PathBuf,
+    /// Recompute these (and everything downstream) even when cached.
+    pub force: Vec<String>,
+    /// Run only this node and what it needs.
+    pub until: Option<String>,
+    pub progress: ProgressMode,
+}
+
+/// The default run directory: `runs/<name>` under the working directory.
+pub fn default_run_dir(plan: &Plan) -> PathBuf {
+    Path::new("runs").join(&plan.pipeline.name)
+}
+
+pub fn hasher_for(run_dir: &Path) -> ContentHasher {
+    ContentHasher::new(Some(run_dir.join(".cache").join("content-hashes.json")))
+}
+
+/// Status of every node (no lock taken: read-only).
+pub fn status(
+    plan: &Plan,
+    run_dir: &Path,
+) -> Result<Vec<(String, NodeStatus, Option<Manifest>)>, RunError> {
+    let hasher = hasher_for(run_dir);
+    let fps = plan.fingerprints(&hasher)?;
+    let mut out = Vec::new();
+    for &i in &plan.order {
+        let id = plan.nodes[i].id();
+        let m = NodeDir::new(run_dir, id).read_manifest()?;
+        out.push((id.to_string(), status_of(m.as_ref(), &fps[i]), m));
+    }
+    Ok(out)
+}
+
+fn resolve_node(plan: &Plan, id: &str) -> Result<usize, RunError> {
+    plan.index(id).ok_or_else(|| {
+        let ids: Vec<&str> = plan.nodes.iter().map(|n| n.id()).collect();
+        let hint = crate::diag::did_you_mean(id, ids.iter().copied())
+            .map(|s| format!(" (did you mean `{s}`?)"))
+            .unwrap_or_default();
+        RunError::UnknownNode(id.to_string(), hint)
+    })
+}
+
+/// Runs the plan. Holds the run-dir lock throughout.
+pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Vec<NodeOutcome>, RunError> {
+    let _lock = RunLock::acquire(&opts.run_dir)?;
+    let hasher = hasher_for(&opts.run_dir);
+    let fps = plan.fingerprints(&hasher)?;
+    let targets: Vec<usize> = match &opts.until {
+        Some(id) => plan.upstream_of(resolve_node(plan, id)?),
+        None => plan.order.clone(),
+    };
+    let mut forced = Vec::new();
+    for id in &opts.force {
+        forced.extend(plan.downstream_of(resolve_node(plan, id)?));
+    }
+    let progress = Progress::new(opts.progress);
+    let log = |line: &str| progress.println(line);
+    let mut outcomes = Vec::new();
+    for &i in plan.order.iter().filter(|i| targets.contains(i)) {
+        let node = &plan.nodes[i];
+        let id = node.id();
+        let dir = NodeDir::new(&opts.run_dir, id);
+        let mut manifest = dir.read_manifest()?;
+        let mut st = status_of(manifest.as_ref(), &fps[i]);
+        if forced.contains(&i) && st != NodeStatus::Missing {
+            st = NodeStatus::Stale;
+        }
+        match st {
+            NodeStatus::Cached => {
+                let rows = manifest.as_ref().map_or(0, Manifest::primary_rows);
+                progress.skipped(id, &format!("cached ({rows} rows)"));
+                outcomes.push(NodeOutcome {
+                    node: id.to_string(),
+                    action: "cached",
+                    rows,
+                    seconds: 0.0,
+                });
+                continue;
+            }
+            NodeStatus::Stale => {
+                dir.wipe()?;
+                manifest = None;
+            }
+            NodeStatus::Partial | NodeStatus::Missing => {}
+        }
+        dir.ensure()?;
+        dir.remove_uncommitted(manifest.as_ref())?;
+        let resumed = manifest.is_some();
+        let inputs = plan.inputs_of(i, &opts.run_dir, &fps, &hasher)?;
+        let bar = progress.node(id, "rows");
+        let start = Instant::now();
+        let mut ctx = RunContext::new(
+            id.to_string(),
+            node.op.name().to_string(),
+            node.op.version(),
+            fps[i].clone(),
+            plan.pipeline.seed,
+            plan.pipeline.device.clone(),
+            opts.run_dir.clone(),
+            inputs,
+            &bar,
+            manifest,
+            &log,
+        );
+        let node_err = |source| RunError::Node {
+            node: id.to_string(),
+            op: node.op.name().to_string(),
+            source,
+        };
+        match node.kernel.run(&mut ctx) {
+            Ok(()) => {}
+            Err(OpError::Cancelled) => {
+                bar.abandon("interrupted");
+                return Err(RunError::Interrupted(id.to_string()));
+            }
+            Err(e) => {
+                bar.abandon("failed");
+                return Err(node_err(e));
+            }
+        }
+        let m = ctx.finish().map_err(node_err)?;
+        let seconds = start.elapsed().as_secs_f64();
+        bar.finish(&format!("done: {} rows in {seconds:.1}s", m.primary_rows()));
+        outcomes.push(NodeOutcome {
+            node: id.to_string(),
+            action: if resumed { "resumed" } else { "ran" },
+            rows: m.primary_rows(),
+            seconds,
+        });
+    }
+    Ok(outcomes)
+}

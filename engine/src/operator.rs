@@ -1,0 +1,189 @@
+//! The extension point: an [`Operator`] turns its params into a configured
+//! [`NodeKernel`], which declares its ports' columns and runs inside a [`RunContext`].
+//!
+//! Engine code never sees an operator's types: operators are looked up by name in a
+//! [`Registry`], so the binary decides which ones exist (and the engine never links
+//! torch).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::diag::Diagnostics;
+use crate::params::Params;
+use crate::run::RunContext;
+
+/// What flows through a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortKind {
+    /// Another node's primary table.
+    Table,
+    /// A model: an entry of `models:` or a node that produces one (`train`).
+    Model,
+}
+
+impl std::fmt::Display for PortKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PortKind::Table => "a table",
+            PortKind::Model => "a model",
+        })
+    }
+}
+
+/// A named input of an operator.
+#[derive(Debug, Clone, Copy)]
+pub struct Port {
+    pub name: &'static str,
+    pub kind: PortKind,
+    pub required: bool,
+    pub doc: &'static str,
+}
+
+impl Port {
+    pub const fn table(name: &'static str, doc: &'static str) -> Self {
+        Self {
+            name,
+            kind: PortKind::Table,
+            required: true,
+            doc,
+        }
+    }
+    pub const fn model(name: &'static str, doc: &'static str) -> Self {
+        Self {
+            name,
+            kind: PortKind::Model,
+            required: true,
+            doc,
+        }
+    }
+    pub const fn optional(mut self) -> Self {
+        self.required = false;
+        self
+    }
+}
+
+/// Column names a table will have, as far as they are known before running.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Columns {
+    pub names: Vec<String>,
+    /// More columns may appear (e.g. extra columns of a user's data file).
+    pub open: bool,
+}
+
+impl Columns {
+    pub fn exact<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Self {
+        Self {
+            names: names.into_iter().map(Into::into).collect(),
+            open: false,
+        }
+    }
+    pub fn open<I: IntoIterator<Item = S>, S: Into<String>>(names: I) -> Self {
+        Self {
+            names: names.into_iter().map(Into::into).collect(),
+            open: true,
+        }
+    }
+    pub fn contains(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
+    }
+    /// Whether `name` is certainly absent.
+    pub fn lacks(&self, name: &str) -> bool {
+        !self.open && !self.contains(name)
+    }
+}
+
+/// What an operator sees while it is configured.
+#[derive(Debug, Clone)]
+pub struct ConfigureContext {
+    pub node_id: String,
+    /// Directory of the spec file: relative paths in params resolve against it.
+    pub base_dir: PathBuf,
+    pub seed: u64,
+}
+
+impl ConfigureContext {
+    pub fn resolve(&self, path: &str) -> PathBuf {
+        let p = PathBuf::from(path);
+        if p.is_absolute() {
+            p
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+}
+
+/// An operator type, registered by name.
+pub trait Operator: Send + Sync {
+    /// The `op:` name in specs.
+    fn name(&self) -> &'static str;
+    /// Bumped whenever the operator's output for the same params changes; part of every
+    /// fingerprint.
+    fn version(&self) -> u32;
+    /// One line for `--help` style listings and docs.
+    fn summary(&self) -> &'static str;
+    fn ports(&self) -> &'static [Port];
+    /// Parses and checks params (typed, unknown keys rejected, errors located).
+    fn configure(
+        &self,
+        params: &Params,
+        ctx: &ConfigureContext,
+    ) -> Result<Arc<dyn NodeKernel>, Diagnostics>;
+}
+
+/// A configured node: everything needed to fingerprint, check and run it.
+pub trait NodeKernel: Send + Sync {
+    /// Canonical params with defaults filled in: enters the fingerprint.
+    fn params_json(&self) -> serde_json::Value;
+
+    /// Files whose content (not path, not mtime) enters the fingerprint.
+    fn external_files(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    /// Columns this node needs on each table port.
+    fn required_columns(&self) -> Vec<(&'static str, Vec<String>)> {
+        Vec::new()
+    }
+
+    /// Columns of the primary output table, given the input tables' columns.
+    fn output_columns(&self, inputs: &BTreeMap<String, Columns>) -> Columns;
+
+    /// Whether this node produces a model artifact (usable on model ports).
+    fn produces_model(&self) -> bool {
+        false
+    }
+
+    /// Input rows per committed chunk (the unit of resume).
+    fn chunk_rows(&self) -> usize {
+        1024
+    }
+
+    /// Does the work; commits output through the context.
+    fn run(&self, ctx: &mut RunContext) -> Result<(), crate::run::OpError>;
+}
+
+/// Operators by name.
+#[derive(Default, Clone)]
+pub struct Registry {
+    ops: BTreeMap<&'static str, Arc<dyn Operator>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn register(&mut self, op: Arc<dyn Operator>) -> &mut Self {
+        self.ops.insert(op.name(), op);
+        self
+    }
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Operator>> {
+        self.ops.get(name)
+    }
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.ops.keys().copied()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Operator>> {
+        self.ops.values()
+    }
+}

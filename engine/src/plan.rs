@@ -1,0 +1,520 @@
+//! From a parsed [`Pipeline`] to a checked, ordered [`Plan`]: operators resolved,
+//! params configured, ports and their kinds checked, cycles named, required columns
+//! checked against what upstream tables will have, fingerprints computed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::fingerprint::{canonical_json, hash_bytes, ContentHasher};
+use crate::operator::{Columns, ConfigureContext, NodeKernel, Operator, PortKind, Registry};
+use crate::run::{Input, ModelRef, ModelSource};
+use crate::spec::{NodeSpec, Pipeline};
+use crate::store::NodeDir;
+
+/// An operator with its configured kernel.
+type Configured = (Arc<dyn Operator>, Arc<dyn NodeKernel>);
+
+/// What a port is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binding {
+    /// Another node (its table, or its model artifact on a model port).
+    Node(usize),
+    /// An entry of `models:`.
+    Model(String),
+}
+
+/// One checked node.
+pub struct PlannedNode {
+    pub spec: NodeSpec,
+    pub op: Arc<dyn Operator>,
+    pub kernel: Arc<dyn NodeKernel>,
+    pub bindings: BTreeMap<String, Binding>,
+    pub columns: Columns,
+}
+
+impl PlannedNode {
+    pub fn id(&self) -> &str {
+        &self.spec.id
+    }
+}
+
+/// A pipeline ready to run.
+pub struct Plan {
+    pub pipeline: Pipeline,
+    pub nodes: Vec<PlannedNode>,
+    /// Node indices in a topological order (file order among independent nodes).
+    pub order: Vec<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("cannot read {path} to fingerprint node `{node}`: {source}")]
+    Identity {
+        node: String,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Plan {
+    /// Checks everything that can be checked without running; reports every problem.
+    pub fn build(pipeline: Pipeline, registry: &Registry) -> Result<Plan, Diagnostics> {
+        let mut diags = Diagnostics::new();
+        let ids: Vec<&str> = pipeline.nodes.iter().map(|n| n.id.as_str()).collect();
+        let model_names: Vec<&str> = pipeline.models.keys().map(String::as_str).collect();
+
+        // Resolve operators and configure params.
+        let mut configured: Vec<Option<Configured>> = Vec::new();
+        for spec in &pipeline.nodes {
+            let Some(op) = registry.get(&spec.op) else {
+                diags.push(
+                    Diagnostic::at(
+                        Some(spec.op_loc.clone()),
+                        format!("unknown operator `{}`", spec.op),
+                    )
+                    .suggest(&spec.op, registry.names())
+                    .or_else_list(registry.names()),
+                );
+                configured.push(None);
+                continue;
+            };
+            let ctx = ConfigureContext {
+                node_id: spec.id.clone(),
+                base_dir: pipeline.base_dir.clone(),
+                seed: pipeline.seed,
+            };
+            match op.configure(&spec.params, &ctx) {
+                Ok(kernel) => configured.push(Some((op.clone(), kernel))),
+                Err(d) => {
+                    diags.extend(d);
+                    configured.push(None);
+                }
+            }
+        }
+
+        // Bind ports.
+        let mut bindings: Vec<BTreeMap<String, Binding>> = Vec::new();
+        for (i, spec) in pipeline.nodes.iter().enumerate() {
+            let mut b = BTreeMap::new();
+            let op = configured[i]
+                .as_ref()
+                .map(|(op, _)| op.clone())
+                .or_else(|| registry.get(&spec.op).cloned());
+            for input in &spec.inputs {
+                let port = op
+                    .as_ref()
+                    .and_then(|op| op.ports().iter().find(|p| p.name == input.port).copied());
+                if let Some(op) = &op {
+                    if port.is_none() {
+                        let names: Vec<&str> = op.ports().iter().map(|p| p.name).collect();
+                        diags.push(
+                            Diagnostic::at(
+                                Some(input.port_loc.clone()),
+                                format!(
+                                    "operator `{}` has no input port `{}`",
+                                    op.name(),
+                                    input.port
+                                ),
+                            )
+                            .suggest(&input.port, names.iter().copied())
+                            .or_else_list(names.iter().copied()),
+                        );
+                        continue;
+                    }
+                }
+                let binding = if let Some(j) = ids.iter().position(|id| *id == input.target) {
+                    if j == i {
+                        diags.push(Diagnostic::at(
+                            Some(input.target_loc.clone()),
+                            format!("node `{}` takes its own output as input", spec.id),
+                        ));
+                        continue;
+                    }
+                    Binding::Node(j)
+                } else if pipeline.models.contains_key(&input.target) {
+                    Binding::Model(input.target.clone())
+                } else {
+                    diags.push(
+                        Diagnostic::at(
+                            Some(input.target_loc.clone()),
+                            format!("input `{}` of node `{}` names `{}`, which is neither a node nor a model", input.port, spec.id, input.target),
+                        )
+                        .suggest(&input.target, ids.iter().chain(model_names.iter()).copied()),
+                    );
+                    continue;
+                };
+                if let Some(port) = port {
+                    let kind_problem = match (&binding, port.kind) {
+                        (Binding::Model(m), PortKind::Table) => Some(format!(
+                            "port `{}` of `{}` takes a table, but `{m}` is a model",
+                            port.name, spec.op
+                        )),
+                        (Binding::Node(j), PortKind::Model) => match &configured[*j] {
+                            Some((_, k)) if !k.produces_model() => Some(format!(
+                                "port `{}` of `{}` takes a model, but node `{}` (op `{}`) produces a table",
+                                port.name, spec.op, ids[*j], pipeline.nodes[*j].op
+                            )),
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    if let Some(msg) = kind_problem {
+                        diags.push(Diagnostic::at(Some(input.target_loc.clone()), msg));
+                        continue;
+                    }
+                }
+                b.insert(input.port.clone(), binding);
+            }
+            if let Some(op) = &op {
+                for port in op.ports().iter().filter(|p| p.required) {
+                    if !spec.inputs.iter().any(|inp| inp.port == port.name) {
+                        diags.push(
+                            Diagnostic::at(
+                                Some(spec.loc.clone()),
+                                format!(
+                                    "node `{}` (op `{}`) needs input `{}` ({})",
+                                    spec.id, spec.op, port.name, port.kind
+                                ),
+                            )
+                            .with_help(format!(
+                                "add `inputs: {{{}: <{}>}}`",
+                                port.name,
+                                match port.kind {
+                                    PortKind::Table => "node",
+                                    PortKind::Model => "model or train node",
+                                }
+                            )),
+                        );
+                    }
+                }
+            }
+            bindings.push(b);
+        }
+
+        // Cycles.
+        let order = match topo_order(&bindings) {
+            Ok(order) => order,
+            Err(cycle) => {
+                let chain: Vec<&str> = cycle.iter().map(|&i| ids[i]).collect();
+                let first = &pipeline.nodes[cycle[0]];
+                diags.push(Diagnostic::at(
+                    Some(first.loc.clone()),
+                    format!("cycle: {} -> {}", chain.join(" -> "), chain[0]),
+                ));
+                return Err(diags.sorted());
+            }
+        };
+
+        // Columns, in dependency order.
+        let mut columns: Vec<Columns> =
+            vec![Columns::open(Vec::<String>::new()); pipeline.nodes.len()];
+        for &i in &order {
+            let Some((_, kernel)) = &configured[i] else {
+                continue;
+            };
+            let spec = &pipeline.nodes[i];
+            let mut inputs = BTreeMap::new();
+            for (port, binding) in &bindings[i] {
+                if let Binding::Node(j) = binding {
+                    inputs.insert(port.clone(), columns[*j].clone());
+                }
+            }
+            for (port, required) in kernel.required_columns() {
+                let (Some(Binding::Node(j)), Some(upstream)) =
+                    (bindings[i].get(port), inputs.get(port))
+                else {
+                    continue;
+                };
+                for col in required {
+                    if upstream.lacks(&col) {
+                        let loc = spec
+                            .inputs
+                            .iter()
+                            .find(|inp| inp.port == port)
+                            .map(|inp| inp.target_loc.clone());
+                        diags.push(
+                            Diagnostic::at(
+                                loc,
+                                format!(
+                                    "node `{}` needs column `{col}` on port `{port}`, but `{}` (op `{}`) does not produce it",
+                                    spec.id, ids[*j], pipeline.nodes[*j].op
+                                ),
+                            )
+                            .suggest(&col, upstream.names.iter().map(String::as_str))
+                            .or_else_list(upstream.names.iter().map(String::as_str)),
+                        );
+                    }
+                }
+            }
+            columns[i] = kernel.output_columns(&inputs);
+        }
+
+        diags.into_result().map_err(Diagnostics::sorted)?;
+        let nodes = pipeline
+            .nodes
+            .iter()
+            .cloned()
+            .zip(configured)
+            .zip(bindings)
+            .zip(columns)
+            .filter_map(|(((spec, c), bindings), columns)| {
+                let (op, kernel) = c?;
+                Some(PlannedNode {
+                    spec,
+                    op,
+                    kernel,
+                    bindings,
+                    columns,
+                })
+            })
+            .collect();
+        Ok(Plan {
+            pipeline,
+            nodes,
+            order,
+        })
+    }
+
+    pub fn index(&self, id: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id() == id)
+    }
+
+    /// The node and everything downstream of it.
+    pub fn downstream_of(&self, i: usize) -> Vec<usize> {
+        let mut out = vec![i];
+        for &j in &self.order {
+            if out.contains(&j) {
+                continue;
+            }
+            let depends = self.nodes[j]
+                .bindings
+                .values()
+                .any(|b| matches!(b, Binding::Node(k) if out.contains(k)));
+            if depends {
+                out.push(j);
+            }
+        }
+        out
+    }
+
+    /// The node and everything it depends on.
+    pub fn upstream_of(&self, i: usize) -> Vec<usize> {
+        let mut out = vec![i];
+        let mut k = 0;
+        while k < out.len() {
+            let node = &self.nodes[out[k]];
+            for b in node.bindings.values() {
+                if let Binding::Node(j) = b {
+                    if !out.contains(j) {
+                        out.push(*j);
+                    }
+                }
+            }
+            k += 1;
+        }
+        out
+    }
+
+    /// Identity of a `models:` entry.
+    pub fn model_identity(&self, name: &str, hasher: &ContentHasher) -> Result<String, PlanError> {
+        let Some(entry) = self.pipeline.models.get(name) else {
+            return Ok(String::new());
+        };
+        let source = match &entry.source {
+            ModelSource::Builtin(b) => json!({"builtin": b}),
+            ModelSource::Dir(dir) => {
+                let id = hasher
+                    .model_dir(dir)
+                    .map_err(|source| PlanError::Identity {
+                        node: name.to_string(),
+                        path: dir.clone(),
+                        source,
+                    })?;
+                json!({"dir": id})
+            }
+        };
+        Ok(hash_bytes(
+            canonical_json(&json!({"source": source, "options": entry.options})).as_bytes(),
+        ))
+    }
+
+    /// Fingerprints of all nodes (by node index).
+    pub fn fingerprints(&self, hasher: &ContentHasher) -> Result<Vec<String>, PlanError> {
+        let mut fps = vec![String::new(); self.nodes.len()];
+        for &i in &self.order {
+            let node = &self.nodes[i];
+            let mut inputs = serde_json::Map::new();
+            for (port, b) in &node.bindings {
+                let id = match b {
+                    Binding::Node(j) => fps[*j].clone(),
+                    Binding::Model(m) => self.model_identity(m, hasher)?,
+                };
+                inputs.insert(port.clone(), json!(id));
+            }
+            let mut files = Vec::new();
+            for f in node.kernel.external_files() {
+                let h = hasher.file(&f).map_err(|source| PlanError::Identity {
+                    node: node.id().to_string(),
+                    path: f.clone(),
+                    source,
+                })?;
+                files.push(h);
+            }
+            let doc = json!({
+                "op": node.op.name(),
+                "version": node.op.version(),
+                "params": node.kernel.params_json(),
+                "seed": self.pipeline.seed,
+                "inputs": inputs,
+                "files": files,
+            });
+            fps[i] = hash_bytes(canonical_json(&doc).as_bytes());
+        }
+        hasher.save();
+        Ok(fps)
+    }
+
+    /// The bound inputs of node `i` as its run context sees them.
+    pub fn inputs_of(
+        &self,
+        i: usize,
+        run_dir: &Path,
+        fps: &[String],
+        hasher: &ContentHasher,
+    ) -> Result<BTreeMap<String, Input>, PlanError> {
+        let node = &self.nodes[i];
+        let op_ports = node.op.ports();
+        let mut out = BTreeMap::new();
+        for (port, b) in &node.bindings {
+            let kind = op_ports.iter().find(|p| p.name == port).map(|p| p.kind);
+            let input = match (b, kind) {
+                (Binding::Node(j), Some(PortKind::Model)) => {
+                    let id = self.nodes[*j].id().to_string();
+                    Input::Model(ModelRef {
+                        name: id.clone(),
+                        source: ModelSource::Dir(NodeDir::new(run_dir, &id).path.join("model")),
+                        options: Default::default(),
+                        identity: fps[*j].clone(),
+                    })
+                }
+                (Binding::Node(j), _) => {
+                    let id = self.nodes[*j].id().to_string();
+                    Input::Table {
+                        dir: NodeDir::new(run_dir, &id),
+                        node: id,
+                    }
+                }
+                (Binding::Model(m), _) => {
+                    let entry = &self.pipeline.models[m];
+                    Input::Model(ModelRef {
+                        name: m.clone(),
+                        source: entry.source.clone(),
+                        options: entry.options.clone(),
+                        identity: self.model_identity(m, hasher)?,
+                    })
+                }
+            };
+            out.insert(port.clone(), input);
+        }
+        Ok(out)
+    }
+}
+
+trait OrElseList {
+    fn or_else_list<'a>(self, names: impl IntoIterator<Item = &'a str>) -> Self;
+}
+
+impl OrElseList for Diagnostic {
+    fn or_else_list<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Self {
+        if self.help.is_none() {
+            let names: Vec<&str> = names.into_iter().collect();
+            if !names.is_empty() {
+                self.help = Some(format!("expected one of: {}", names.join(", ")));
+            }
+        }
+        self
+    }
+}
+
+/// Kahn's order, file order among ready nodes; on a cycle, the nodes of one cycle in
+/// dependency order.
+fn topo_order(bindings: &[BTreeMap<String, Binding>]) -> Result<Vec<usize>, Vec<usize>> {
+    let n = bindings.len();
+    let deps: Vec<Vec<usize>> = bindings
+        .iter()
+        .map(|b| {
+            b.values()
+                .filter_map(|b| match b {
+                    Binding::Node(j) => Some(*j),
+                    Binding::Model(_) => None,
+                })
+                .collect()
+        })
+        .collect();
+    let mut done = vec![false; n];
+    let mut order = Vec::with_capacity(n);
+    while order.len() < n {
+        let next = (0..n).find(|&i| !done[i] && deps[i].iter().all(|&d| done[d]));
+        match next {
+            Some(i) => {
+                done[i] = true;
+                order.push(i);
+            }
+            None => return Err(find_cycle(&deps, &done)),
+        }
+    }
+    Ok(order)
+}
+
+/// Walks dependencies from an unfinished node until a node repeats.
+fn find_cycle(deps: &[Vec<usize>], done: &[bool]) -> Vec<usize> {
+    let start = (0..deps.len()).find(|&i| !done[i]).unwrap_or(0);
+    let mut path = vec![start];
+    let mut cur = start;
+    loop {
+        let Some(&next) = deps[cur].iter().find(|&&d| !done[d]) else {
+            return path;
+        };
+        if let Some(pos) = path.iter().position(|&p| p == next) {
+            // `path[pos..]` is a chain of "depends on"; report it in data-flow order.
+            let mut cycle: Vec<usize> = path[pos..].to_vec();
+            cycle.reverse();
+            return cycle;
+        }
+        path.push(next);
+        cur = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(edges: &[(usize, usize)], n: usize) -> Vec<BTreeMap<String, Binding>> {
+        let mut out = vec![BTreeMap::new(); n];
+        for (k, &(from, to)) in edges.iter().enumerate() {
+            out[to].insert(format!("p{k}"), Binding::Node(from));
+        }
+        out
+    }
+
+    #[test]
+    fn orders_dependencies_first() {
+        let order = topo_order(&b(&[(2, 0), (0, 1)], 3)).unwrap();
+        assert_eq!(order, vec![2, 0, 1]);
+    }
+
+    #[test]
+    fn names_the_cycle() {
+        // 0 -> 1 -> 2 -> 0, and 3 independent.
+        let cycle = topo_order(&b(&[(0, 1), (1, 2), (2, 0)], 4)).unwrap_err();
+        assert_eq!(cycle.len(), 3);
+        let mut sorted = cycle.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec![0, 1, 2]);
+    }
+}

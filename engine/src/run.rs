@@ -1,0 +1,411 @@
+//! What a node sees while it runs: its inputs, its store, progress, cancellation,
+//! and the chunk loop that makes every row-wise operator resumable.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+
+use crate::progress::NodeProgress;
+use crate::store::{now_s, schema_records, ChunkRecord, Manifest, NodeDir, NodeState, StoreError};
+
+static CANCEL: AtomicBool = AtomicBool::new(false);
+
+/// Asks running nodes to stop after the chunk they are committing (Ctrl-C).
+pub fn request_cancel() {
+    CANCEL.store(true, Ordering::SeqCst);
+}
+
+pub fn cancel_requested() -> bool {
+    CANCEL.load(Ordering::SeqCst)
+}
+
+/// Errors of a running node.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("{0}")]
+    Message(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("interrupted; committed work is kept and the next run resumes from it")]
+    Cancelled,
+    #[error("{context}: {source}")]
+    Context {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl OpError {
+    pub fn msg(m: impl Into<String>) -> Self {
+        OpError::Message(m.into())
+    }
+
+    /// Wraps any error with a sentence saying what was being done.
+    pub fn context(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        OpError::Context {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// Where a model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A built-in configuration, by name (e.g. `tiny-synth`).
+    Builtin(String),
+    /// A local HF-format directory (a `models:` path, or a node's artifact).
+    Dir(PathBuf),
+}
+
+/// A model bound to a model port.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelRef {
+    /// The `models:` key or the producing node's id.
+    pub name: String,
+    pub source: ModelSource,
+    /// Extra keys of the `models:` entry (dtype, tokenizer, ...), as written.
+    pub options: serde_json::Map<String, serde_json::Value>,
+    /// Content identity (part of every downstream fingerprint).
+    pub identity: String,
+}
+
+/// A bound input port.
+#[derive(Debug, Clone)]
+pub enum Input {
+    Table { node: String, dir: NodeDir },
+    Model(ModelRef),
+}
+
+/// One chunk's output: the primary table and any extra tables.
+#[derive(Debug, Clone)]
+pub struct ChunkOutput {
+    pub main: RecordBatch,
+    pub extra: Vec<(String, RecordBatch)>,
+}
+
+impl From<RecordBatch> for ChunkOutput {
+    fn from(main: RecordBatch) -> Self {
+        Self {
+            main,
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// The running node's view of the world.
+pub struct RunContext<'a> {
+    pub node_id: String,
+    pub op: String,
+    pub op_version: u32,
+    pub fingerprint: String,
+    pub seed: u64,
+    /// `auto | cpu | cuda | cuda:N` from the spec.
+    pub device: String,
+    pub run_dir: PathBuf,
+    pub dir: NodeDir,
+    pub inputs: BTreeMap<String, Input>,
+    pub progress: &'a NodeProgress,
+    manifest: Option<Manifest>,
+    counters: BTreeMap<String, u64>,
+    metrics: serde_json::Map<String, serde_json::Value>,
+    artifact: Option<String>,
+    log: &'a (dyn Fn(&str) + Sync),
+    started: Instant,
+}
+
+impl<'a> RunContext<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        node_id: String,
+        op: String,
+        op_version: u32,
+        fingerprint: String,
+        seed: u64,
+        device: String,
+        run_dir: PathBuf,
+        inputs: BTreeMap<String, Input>,
+        progress: &'a NodeProgress,
+        manifest: Option<Manifest>,
+        log: &'a (dyn Fn(&str) + Sync),
+    ) -> Self {
+        let dir = NodeDir::new(&run_dir, &node_id);
+        let (counters, metrics, artifact) = manifest
+            .as_ref()
+            .map(|m| (m.counters.clone(), m.metrics.clone(), m.artifact.clone()))
+            .unwrap_or_default();
+        Self {
+            node_id,
+            op,
+            op_version,
+            fingerprint,
+            seed,
+            device,
+            run_dir,
+            dir,
+            inputs,
+            progress,
+            manifest,
+            counters,
+            metrics,
+            artifact,
+            log,
+            started: Instant::now(),
+        }
+    }
+
+    /// The committed state this run resumes from, if any.
+    pub fn resumed_manifest(&self) -> Option<&Manifest> {
+        self.manifest.as_ref()
+    }
+
+    /// All rows of the table on `port`.
+    pub fn input_table(&self, port: &str) -> Result<RecordBatch, OpError> {
+        match self.inputs.get(port) {
+            Some(Input::Table { node, dir }) => {
+                let m = dir.read_manifest()?.ok_or_else(|| {
+                    OpError::msg(format!(
+                        "input `{node}` on port `{port}` has no committed output"
+                    ))
+                })?;
+                Ok(dir.read_table(&m, "")?)
+            }
+            Some(Input::Model(_)) => Err(OpError::msg(format!("port `{port}` is a model port"))),
+            None => Err(OpError::msg(format!("port `{port}` is not connected"))),
+        }
+    }
+
+    pub fn has_input(&self, port: &str) -> bool {
+        self.inputs.contains_key(port)
+    }
+
+    pub fn input_model(&self, port: &str) -> Result<&ModelRef, OpError> {
+        match self.inputs.get(port) {
+            Some(Input::Model(m)) => Ok(m),
+            Some(Input::Table { .. }) => {
+                Err(OpError::msg(format!("port `{port}` is a table port")))
+            }
+            None => Err(OpError::msg(format!("port `{port}` is not connected"))),
+        }
+    }
+
+    /// A per-row seed derived from the run seed and the row's identity, so a row's
+    /// randomness does not depend on chunking or batching.
+    pub fn row_seed(&self, parts: &[&[u8]]) -> u64 {
+        let mut h = blake3::Hasher::new();
+        h.update(&self.seed.to_le_bytes());
+        for p in parts {
+            h.update(&(p.len() as u64).to_le_bytes());
+            h.update(p);
+        }
+        let bytes = h.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&bytes.as_bytes()[..8]);
+        u64::from_le_bytes(first)
+    }
+
+    /// Logs a line through the run's progress display.
+    pub fn log(&self, line: &str) {
+        (self.log)(&format!("[{}] {line}", self.node_id));
+    }
+
+    /// Counts `n` problem rows under `name`: kept in the manifest, logged once per run.
+    pub fn count(&mut self, name: &str, n: u64, what: &str) {
+        if n == 0 {
+            return;
+        }
+        *self.counters.entry(name.to_string()).or_default() += n;
+        self.log(&format!("{n} {what}"));
+    }
+
+    pub fn set_metric(&mut self, key: &str, value: serde_json::Value) {
+        self.metrics.insert(key.to_string(), value);
+    }
+
+    /// The directory for the node's model artifact (created on demand).
+    pub fn artifact_dir(&mut self) -> Result<PathBuf, OpError> {
+        let rel = "model".to_string();
+        let dir = self.dir.path.join(&rel);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| OpError::context(dir.display().to_string(), e))?;
+        self.artifact = Some(rel);
+        Ok(dir)
+    }
+
+    /// A directory that survives interrupted runs of the same fingerprint (checkpoints).
+    pub fn scratch_dir(&self) -> Result<PathBuf, OpError> {
+        let dir = self.dir.path.join("scratch");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| OpError::context(dir.display().to_string(), e))?;
+        Ok(dir)
+    }
+
+    /// The chunk loop: input rows `0..input_rows` in chunks of `chunk_rows`; chunks
+    /// committed by an earlier run with the same plan are skipped; each new chunk's output
+    /// is committed (parts, then manifest) before the next starts. Returns after the last
+    /// chunk, or with [`OpError::Cancelled`] after a commit when Ctrl-C was pressed.
+    pub fn run_chunks<F>(
+        &mut self,
+        input_rows: usize,
+        chunk_rows: usize,
+        mut f: F,
+    ) -> Result<(), OpError>
+    where
+        F: FnMut(&mut Self, Range<usize>) -> Result<ChunkOutput, OpError>,
+    {
+        let chunk_rows = chunk_rows.max(1);
+        let n_chunks = input_rows.div_ceil(chunk_rows).max(1);
+        let plan_matches = self.manifest.as_ref().is_some_and(|m| {
+            m.chunk_rows == chunk_rows as u64 && m.input_rows == input_rows as u64
+        });
+        if self.manifest.is_some() && !plan_matches {
+            self.log("input or chunking changed since the interrupted run; starting over");
+            self.dir.wipe()?;
+            self.manifest = None;
+        }
+        let done: std::collections::HashSet<u64> = self
+            .manifest
+            .as_ref()
+            .map(|m| m.chunks.iter().map(|c| c.index).collect())
+            .unwrap_or_default();
+        let done_rows: usize = (0..n_chunks)
+            .filter(|i| done.contains(&(*i as u64)))
+            .map(|i| chunk_range(i, chunk_rows, input_rows).len())
+            .sum();
+        self.progress.set_total(input_rows as u64);
+        self.progress.set_done(done_rows as u64);
+        if !done.is_empty() {
+            self.log(&format!(
+                "resuming: {} of {n_chunks} chunks already committed",
+                done.len()
+            ));
+        }
+        self.dir.ensure()?;
+        for i in 0..n_chunks {
+            if done.contains(&(i as u64)) {
+                continue;
+            }
+            if cancel_requested() {
+                return Err(OpError::Cancelled);
+            }
+            let range = chunk_range(i, chunk_rows, input_rows);
+            let out = f(self, range.clone())?;
+            self.commit_chunk(i as u64, range.clone(), chunk_rows, input_rows, out)?;
+            self.progress.inc(range.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// Commits one chunk: parts to disk, then the manifest (the commit point).
+    pub fn commit_chunk(
+        &mut self,
+        index: u64,
+        input: Range<usize>,
+        chunk_rows: usize,
+        input_rows: usize,
+        out: ChunkOutput,
+    ) -> Result<(), OpError> {
+        let mut files = vec![self.dir.write_part("", index, &out.main)?];
+        for (table, batch) in &out.extra {
+            files.push(self.dir.write_part(table, index, batch)?);
+        }
+        let now = now_s();
+        let mut m = self.manifest.take().unwrap_or_else(|| Manifest {
+            format: crate::store::MANIFEST_FORMAT,
+            node: self.node_id.clone(),
+            op: self.op.clone(),
+            op_version: self.op_version,
+            fingerprint: self.fingerprint.clone(),
+            state: NodeState::Partial,
+            chunk_rows: chunk_rows as u64,
+            input_rows: input_rows as u64,
+            chunks: Vec::new(),
+            rows: BTreeMap::new(),
+            schema: BTreeMap::new(),
+            started_at: now,
+            updated_at: now,
+            elapsed_s: 0.0,
+            counters: BTreeMap::new(),
+            metrics: Default::default(),
+            artifact: None,
+        });
+        m.schema
+            .entry(String::new())
+            .or_insert_with(|| schema_records(&out.main.schema()));
+        for (table, batch) in &out.extra {
+            m.schema
+                .entry(table.clone())
+                .or_insert_with(|| schema_records(&batch.schema()));
+        }
+        for f in &files {
+            *m.rows.entry(f.table.clone()).or_default() += f.rows;
+        }
+        m.chunks.push(ChunkRecord {
+            index,
+            input_start: input.start as u64,
+            input_end: input.end as u64,
+            files,
+        });
+        m.chunks.sort_by_key(|c| c.index);
+        self.stamp(&mut m);
+        self.dir.write_manifest(&m)?;
+        self.manifest = Some(m);
+        Ok(())
+    }
+
+    fn stamp(&mut self, m: &mut Manifest) {
+        let now = now_s();
+        m.elapsed_s += self.started.elapsed().as_secs_f64();
+        self.started = Instant::now();
+        m.updated_at = now;
+        m.counters = self.counters.clone();
+        m.metrics = self.metrics.clone();
+        m.artifact = self.artifact.clone();
+    }
+
+    /// Marks the node complete (called by the executor after `run` returns).
+    pub(crate) fn finish(mut self) -> Result<Manifest, OpError> {
+        let mut m = self
+            .manifest
+            .take()
+            .ok_or_else(|| OpError::msg("the operator finished without committing any output"))?;
+        m.state = NodeState::Complete;
+        self.stamp(&mut m);
+        self.dir.write_manifest(&m)?;
+        Ok(m)
+    }
+
+    pub fn node_dir(&self) -> &Path {
+        &self.dir.path
+    }
+}
+
+/// Input rows of chunk `i`.
+pub fn chunk_range(i: usize, chunk_rows: usize, input_rows: usize) -> Range<usize> {
+    let start = (i * chunk_rows).min(input_rows);
+    let end = ((i + 1) * chunk_rows).min(input_rows);
+    start..end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_range;
+
+    #[test]
+    fn chunks_cover_the_input_once() {
+        let n: usize = 10;
+        let ranges: Vec<_> = (0..n.div_ceil(4)).map(|i| chunk_range(i, 4, n)).collect();
+        assert_eq!(ranges, vec![0..4, 4..8, 8..10]);
+        assert_eq!(chunk_range(0, 4, 0), 0..0);
+    }
+}

@@ -1,0 +1,577 @@
+//! The pipeline spec: a YAML file read into located structures, with `--set`
+//! overrides applied, every structural problem reported at once.
+//!
+//! Semantic checks that need the operators (params, ports, columns, cycles) live in
+//! [`crate::plan`]; this module only knows the shape of the file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::diag::{Diagnostic, Diagnostics, Loc};
+use crate::params::Params;
+use crate::run::ModelSource;
+use crate::yaml::{self, Node, Value};
+
+pub const TOP_KEYS: &[&str] = &["name", "description", "seed", "device", "models", "nodes"];
+pub const NODE_KEYS: &[&str] = &["op", "description", "inputs", "params"];
+pub const MODEL_KEYS: &[&str] = &["builtin", "path", "dtype", "description"];
+
+/// One `models:` entry.
+#[derive(Debug, Clone)]
+pub struct ModelEntry {
+    pub name: String,
+    pub loc: Loc,
+    pub source: ModelSource,
+    /// Where `path:` / `builtin:` is written.
+    pub source_loc: Loc,
+    pub options: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One input binding: `port: target`.
+#[derive(Debug, Clone)]
+pub struct InputSpec {
+    pub port: String,
+    pub port_loc: Loc,
+    pub target: String,
+    pub target_loc: Loc,
+}
+
+/// One `nodes:` entry.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub id: String,
+    pub loc: Loc,
+    pub op: String,
+    pub op_loc: Loc,
+    pub inputs: Vec<InputSpec>,
+    pub params: Params,
+}
+
+/// A parsed pipeline file.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub seed: u64,
+    pub device: String,
+    pub models: BTreeMap<String, ModelEntry>,
+    /// In file order.
+    pub nodes: Vec<NodeSpec>,
+    /// The spec file's directory: relative paths resolve against it.
+    pub base_dir: PathBuf,
+    pub path: PathBuf,
+}
+
+impl Pipeline {
+    pub fn node(&self, id: &str) -> Option<&NodeSpec> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    /// Reads `path`, applies `--set` overrides, checks the file's shape.
+    pub fn load(path: &Path, sets: &[String]) -> Result<Pipeline, Diagnostics> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Diagnostics::from(Diagnostic::at(
+                None,
+                format!("cannot read pipeline file {}: {e}", path.display()),
+            ))
+        })?;
+        Self::from_text(&text, path, sets)
+    }
+
+    /// Like [`Pipeline::load`] with the text given (the path names it and anchors
+    /// relative paths).
+    pub fn from_text(text: &str, path: &Path, sets: &[String]) -> Result<Pipeline, Diagnostics> {
+        let source = path.display().to_string();
+        let mut root = yaml::parse(text, &source).map_err(Diagnostics::from)?;
+        if matches!(root.value, Value::Null) {
+            root.value = Value::Map(Vec::new());
+        }
+        let mut diags = Diagnostics::new();
+        for set in sets {
+            if let Err(d) = apply_set(&mut root, set) {
+                diags.push(d);
+            }
+        }
+        diags.into_result()?;
+        let base_dir = path
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        from_tree(&root, path, base_dir)
+    }
+}
+
+/// `a.b.c=value`: sets the value at that path of the document.
+pub fn apply_set(root: &mut Node, set: &str) -> Result<(), Diagnostic> {
+    let Some((key, value)) = set.split_once('=') else {
+        return Err(Diagnostic::at(
+            None,
+            format!("--set {set}: expected KEY=VALUE (e.g. nodes.rollouts.params.temperature=0.7)"),
+        ));
+    };
+    let path: Vec<&str> = key.split('.').map(str::trim).collect();
+    if path.iter().any(|p| p.is_empty()) {
+        return Err(Diagnostic::at(
+            None,
+            format!("--set {set}: empty key segment in `{key}`"),
+        ));
+    }
+    let node = yaml::parse_set_value(value, set, key.len() as u64 + 2)?;
+    root.set_path(&path, node);
+    Ok(())
+}
+
+fn from_tree(root: &Node, path: &Path, base_dir: PathBuf) -> Result<Pipeline, Diagnostics> {
+    let mut diags = Diagnostics::new();
+    let Some(top) = root.as_map() else {
+        return Err(Diagnostic::at(
+            Some(root.loc.clone()),
+            format!(
+                "a pipeline is a mapping with keys {}, found {}",
+                TOP_KEYS.join(", "),
+                root.type_name()
+            ),
+        )
+        .into());
+    };
+    check_keys(top, TOP_KEYS, "pipeline", &mut diags);
+
+    let name = match root.get("name") {
+        Some(n) => expect_str(n, "`name`", &mut diags).unwrap_or_default(),
+        None => path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "pipeline".into()),
+    };
+    if !name.is_empty() && !valid_ident(&name) {
+        if let Some(n) = root.get("name") {
+            diags.push(Diagnostic::at(
+                Some(n.loc.clone()),
+                format!("pipeline name `{name}` may contain only letters, digits, `_` and `-`"),
+            ));
+        }
+    }
+    let seed = match root.get("seed") {
+        Some(n) => match n.value {
+            Value::Int(i) if i >= 0 => i as u64,
+            _ => {
+                diags.push(Diagnostic::at(
+                    Some(n.loc.clone()),
+                    format!(
+                        "`seed` must be a non-negative integer, found {}",
+                        describe(n)
+                    ),
+                ));
+                0
+            }
+        },
+        None => 0,
+    };
+    let device = match root.get("device") {
+        Some(n) => {
+            let d = expect_str(n, "`device`", &mut diags).unwrap_or_else(|| "auto".into());
+            if !valid_device(&d) {
+                diags.push(
+                    Diagnostic::at(Some(n.loc.clone()), format!("unknown device `{d}`"))
+                        .with_help("expected auto, cpu, cuda or cuda:N"),
+                );
+            }
+            d
+        }
+        None => "auto".into(),
+    };
+
+    let models = match root.get("models") {
+        Some(m) => parse_models(m, &base_dir, &mut diags),
+        None => BTreeMap::new(),
+    };
+
+    let mut nodes = Vec::new();
+    match root.entry("nodes") {
+        Some((_, n)) => match n.as_map() {
+            Some(entries) => {
+                for (k, v) in entries {
+                    if let Some(node) = parse_node(k, v, &mut diags) {
+                        if models.contains_key(&node.id) {
+                            diags.push(Diagnostic::at(
+                                Some(node.loc.clone()),
+                                format!(
+                                    "`{}` names both a model and a node; names must be unique",
+                                    node.id
+                                ),
+                            ));
+                        }
+                        nodes.push(node);
+                    }
+                }
+            }
+            None if matches!(n.value, Value::Null) => {}
+            None => diags.push(Diagnostic::at(
+                Some(n.loc.clone()),
+                format!(
+                    "`nodes` must be a mapping of node id to node, found {}",
+                    n.type_name()
+                ),
+            )),
+        },
+        None => diags.push(Diagnostic::at(
+            Some(root.loc.clone()),
+            "the pipeline has no `nodes`",
+        )),
+    }
+    diags.into_result()?;
+    Ok(Pipeline {
+        name,
+        seed,
+        device,
+        models,
+        nodes,
+        base_dir,
+        path: path.to_path_buf(),
+    })
+}
+
+fn parse_models(
+    m: &Node,
+    base_dir: &Path,
+    diags: &mut Diagnostics,
+) -> BTreeMap<String, ModelEntry> {
+    let mut out = BTreeMap::new();
+    let Some(entries) = m.as_map() else {
+        if !matches!(m.value, Value::Null) {
+            diags.push(Diagnostic::at(
+                Some(m.loc.clone()),
+                format!(
+                    "`models` must be a mapping of name to model, found {}",
+                    m.type_name()
+                ),
+            ));
+        }
+        return out;
+    };
+    for (k, v) in entries {
+        let Some(name) = expect_str(k, "a model name", diags) else {
+            continue;
+        };
+        if !valid_ident(&name) {
+            diags.push(Diagnostic::at(
+                Some(k.loc.clone()),
+                format!("model name `{name}` may contain only letters, digits, `_` and `-`"),
+            ));
+        }
+        let Some(fields) = v.as_map() else {
+            diags.push(
+                Diagnostic::at(
+                    Some(v.loc.clone()),
+                    format!("model `{name}` must be a mapping, found {}", v.type_name()),
+                )
+                .with_help("e.g. {builtin: tiny-synth} or {path: /models/Qwen2.5-0.5B-Instruct}"),
+            );
+            continue;
+        };
+        check_keys(fields, MODEL_KEYS, &format!("model `{name}`"), diags);
+        let builtin = v.entry("builtin");
+        let path = v.entry("path");
+        let (source, source_loc) = match (builtin, path) {
+            (Some((bk, b)), None) => match expect_str(b, "`builtin`", diags) {
+                Some(s) => (ModelSource::Builtin(s), bk.loc.clone()),
+                None => continue,
+            },
+            (None, Some((pk, p))) => {
+                let Some(s) = expect_str(p, "`path`", diags) else {
+                    continue;
+                };
+                let dir = resolve(base_dir, &s);
+                if !dir.is_dir() {
+                    diags.push(Diagnostic::at(
+                        Some(p.loc.clone()),
+                        format!("model directory `{}` does not exist", dir.display()),
+                    ));
+                } else if !dir.join("config.json").is_file() {
+                    diags.push(Diagnostic::at(
+                        Some(p.loc.clone()),
+                        format!(
+                            "`{}` is not a model directory: it has no config.json",
+                            dir.display()
+                        ),
+                    ));
+                }
+                (ModelSource::Dir(dir), pk.loc.clone())
+            }
+            (Some(_), Some((pk, _))) => {
+                diags.push(Diagnostic::at(
+                    Some(pk.loc.clone()),
+                    format!("model `{name}` has both `builtin` and `path`; give one"),
+                ));
+                continue;
+            }
+            (None, None) => {
+                diags.push(
+                    Diagnostic::at(
+                        Some(k.loc.clone()),
+                        format!("model `{name}` needs `builtin` or `path`"),
+                    )
+                    .with_help(
+                        "e.g. {builtin: tiny-synth} or {path: /models/Qwen2.5-0.5B-Instruct}",
+                    ),
+                );
+                continue;
+            }
+        };
+        let options = fields
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), Some("builtin" | "path" | "description")))
+            .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.to_json())))
+            .collect();
+        out.insert(
+            name.clone(),
+            ModelEntry {
+                name,
+                loc: k.loc.clone(),
+                source,
+                source_loc,
+                options,
+            },
+        );
+    }
+    out
+}
+
+fn parse_node(k: &Node, v: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> {
+    let id = expect_str(k, "a node id", diags)?;
+    if !valid_ident(&id) {
+        diags.push(Diagnostic::at(
+            Some(k.loc.clone()),
+            format!("node id `{id}` may contain only letters, digits, `_` and `-` (it names a SQL table)"),
+        ));
+    }
+    let Some(fields) = v.as_map() else {
+        diags.push(Diagnostic::at(
+            Some(v.loc.clone()),
+            format!(
+                "node `{id}` must be a mapping with `op`, found {}",
+                v.type_name()
+            ),
+        ));
+        return None;
+    };
+    check_keys(fields, NODE_KEYS, &format!("node `{id}`"), diags);
+    let (op, op_loc) = match v.get("op") {
+        Some(op) => (expect_str(op, "`op`", diags)?, op.loc.clone()),
+        None => {
+            diags.push(Diagnostic::at(
+                Some(k.loc.clone()),
+                format!("node `{id}` has no `op`"),
+            ));
+            return None;
+        }
+    };
+    let mut inputs = Vec::new();
+    if let Some(inp) = v.get("inputs") {
+        match &inp.value {
+            Value::Map(entries) => {
+                for (pk, pv) in entries {
+                    let (Some(port), Some(target)) = (
+                        expect_str(pk, "a port name", diags),
+                        expect_str(pv, "a node or model name", diags),
+                    ) else {
+                        continue;
+                    };
+                    inputs.push(InputSpec {
+                        port,
+                        port_loc: pk.loc.clone(),
+                        target,
+                        target_loc: pv.loc.clone(),
+                    });
+                }
+            }
+            Value::Null => {}
+            _ => diags.push(Diagnostic::at(
+                Some(inp.loc.clone()),
+                format!(
+                    "`inputs` must map port names to node or model names, found {}",
+                    inp.type_name()
+                ),
+            )),
+        }
+    }
+    let params = Params::new(v.get("params").cloned(), Some(k.loc.clone()));
+    Some(NodeSpec {
+        id,
+        loc: k.loc.clone(),
+        op,
+        op_loc,
+        inputs,
+        params,
+    })
+}
+
+fn check_keys(entries: &[(Node, Node)], allowed: &[&str], what: &str, diags: &mut Diagnostics) {
+    let mut seen: Vec<&str> = Vec::new();
+    for (k, _) in entries {
+        let Some(key) = k.as_str() else {
+            diags.push(Diagnostic::at(
+                Some(k.loc.clone()),
+                format!("keys of {what} must be strings, found {}", k.type_name()),
+            ));
+            continue;
+        };
+        if seen.contains(&key) {
+            diags.push(Diagnostic::at(
+                Some(k.loc.clone()),
+                format!("duplicate key `{key}` in {what}"),
+            ));
+        }
+        seen.push(key);
+        if !allowed.contains(&key) {
+            diags.push(
+                Diagnostic::at(
+                    Some(k.loc.clone()),
+                    format!("unknown key `{key}` in {what}"),
+                )
+                .suggest(key, allowed.iter().copied())
+                .or_list(allowed),
+            );
+        }
+    }
+}
+
+trait OrList {
+    fn or_list(self, allowed: &[&str]) -> Self;
+}
+
+impl OrList for Diagnostic {
+    fn or_list(mut self, allowed: &[&str]) -> Self {
+        if self.help.is_none() {
+            self.help = Some(format!("expected one of: {}", allowed.join(", ")));
+        }
+        self
+    }
+}
+
+fn expect_str(n: &Node, what: &str, diags: &mut Diagnostics) -> Option<String> {
+    match &n.value {
+        Value::Str(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => {
+            diags.push(Diagnostic::at(
+                Some(n.loc.clone()),
+                format!("{what} must be a string, found {}", n.type_name()),
+            ));
+            None
+        }
+    }
+}
+
+/// The value itself for scalars, its type otherwise.
+fn describe(n: &Node) -> String {
+    match &n.value {
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Str(s) => format!("`{s}`"),
+        _ => n.type_name().to_string(),
+    }
+}
+
+fn valid_ident(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn valid_device(d: &str) -> bool {
+    matches!(d, "auto" | "cpu" | "cuda")
+        || d.strip_prefix("cuda:")
+            .is_some_and(|n| n.parse::<u32>().is_ok())
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = PathBuf::from(p);
+    if p.is_absolute() {
+        p
+    } else {
+        base.join(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, sets: &[&str]) -> Result<Pipeline, Diagnostics> {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        Pipeline::from_text(text, Path::new("p.yaml"), &sets)
+    }
+
+    #[test]
+    fn reads_a_pipeline() {
+        let p = load(
+            "name: demo\nseed: 3\nmodels:\n  base: {builtin: tiny-synth, dtype: bf16}\nnodes:\n  a: {op: source, params: {path: x.jsonl}}\n  b:\n    op: segment\n    inputs: {traces: a}\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(p.name, "demo");
+        assert_eq!(p.seed, 3);
+        assert_eq!(p.nodes.len(), 2);
+        assert_eq!(p.nodes[1].inputs[0].target, "a");
+        assert_eq!(
+            p.models["base"].source,
+            ModelSource::Builtin("tiny-synth".into())
+        );
+        assert_eq!(p.models["base"].options["dtype"], "bf16");
+    }
+
+    #[test]
+    fn reports_every_structural_error_at_once() {
+        let err = load(
+            "nmae: demo\nseed: -1\ndevice: gpu\nnodes:\n  a: {opp: source}\n  b: {op: segment, inptus: {}}\n",
+            &[],
+        )
+        .unwrap_err()
+        .sorted();
+        let text = err.to_string();
+        assert!(
+            text.contains(
+                "p.yaml:1:1: error: unknown key `nmae` in pipeline\n  help: did you mean `name`?"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("p.yaml:2:7: error: `seed` must be a non-negative integer, found -1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("p.yaml:3:9: error: unknown device `gpu`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("p.yaml:5:7: error: unknown key `opp` in node `a`"),
+            "{text}"
+        );
+        assert!(text.contains("p.yaml:6:20: error: unknown key `inptus` in node `b`\n  help: did you mean `inputs`?"), "{text}");
+    }
+
+    #[test]
+    fn set_overrides_are_typed_and_located() {
+        let p = load(
+            "nodes:\n  a: {op: source, params: {n: 1}}\n",
+            &["nodes.a.params.n=5", "seed=9"],
+        )
+        .unwrap();
+        assert_eq!(p.seed, 9);
+        assert_eq!(p.nodes[0].params.get(&["n"]).unwrap().to_json(), 5);
+        let err = load("nodes: {}\n", &["sede=1"]).unwrap_err();
+        let d = &err.0[0];
+        assert_eq!(
+            d.loc.as_ref().map(|l| l.source.to_string()),
+            Some("--set sede=1".into())
+        );
+        assert_eq!(d.help.as_deref(), Some("did you mean `seed`?"));
+    }
+}

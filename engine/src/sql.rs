@@ -1,0 +1,158 @@
+//! SQL over a run: every node's committed parts (complete or partial nodes alike) as a
+//! DataFusion table named after the node; extra tables as `<node>_<table>`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::store::{read_manifest, Manifest, MANIFEST};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    #[error("{0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error("{0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0} is not a run directory (no node has written output there yet)")]
+    NotARun(PathBuf),
+    #[error("cannot start the query runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// A table of a run.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    pub name: String,
+    pub node: String,
+    pub rows: u64,
+    pub state: String,
+    pub files: Vec<PathBuf>,
+}
+
+/// Every table of the run, from the manifests (never from a directory listing, so
+/// uncommitted files are invisible).
+pub fn tables(run_dir: &Path) -> Result<Vec<TableInfo>, SqlError> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return Err(SqlError::NotARun(run_dir.to_path_buf()));
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join(MANIFEST).is_file())
+        .collect();
+    dirs.sort();
+    for dir in dirs {
+        let Some(m) = read_manifest(&dir.join(MANIFEST))? else {
+            continue;
+        };
+        out.extend(tables_of(&dir, &m));
+    }
+    Ok(out)
+}
+
+fn tables_of(dir: &Path, m: &Manifest) -> Vec<TableInfo> {
+    m.table_names()
+        .into_iter()
+        .map(|t| TableInfo {
+            name: if t.is_empty() {
+                m.node.clone()
+            } else {
+                format!("{}_{t}", m.node)
+            },
+            node: m.node.clone(),
+            rows: m.rows.get(&t).copied().unwrap_or(0),
+            state: format!("{:?}", m.state).to_lowercase(),
+            files: m.files_of(&t).iter().map(|f| dir.join(&f.file)).collect(),
+        })
+        .collect()
+}
+
+/// A DataFusion context with every table of the run registered.
+pub async fn context(run_dir: &Path) -> Result<SessionContext, SqlError> {
+    let infos = tables(run_dir)?;
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
+    for info in infos {
+        if info.files.is_empty() {
+            continue;
+        }
+        let urls = info
+            .files
+            .iter()
+            .map(|f| {
+                let abs = std::fs::canonicalize(f).unwrap_or_else(|_| f.clone());
+                ListingTableUrl::parse(abs.to_string_lossy())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let config = ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(options)
+            .infer_schema(&ctx.state())
+            .await?;
+        let table = ListingTable::try_new(config)?;
+        ctx.register_table(info.name.as_str(), Arc::new(table))?;
+    }
+    Ok(ctx)
+}
+
+/// Runs one query to completion.
+pub fn query(run_dir: &Path, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(SqlError::Runtime)?;
+    rt.block_on(async {
+        let ctx = context(run_dir).await?;
+        let df = ctx.sql(sql).await?;
+        Ok(df.collect().await?)
+    })
+}
+
+/// Output formats of `sspo-run sql` and `show`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+/// Renders batches in `format`.
+pub fn render(batches: &[RecordBatch], format: Format) -> Result<String, SqlError> {
+    match format {
+        Format::Table => Ok(arrow::util::pretty::pretty_format_batches(batches)?.to_string()),
+        Format::Csv => {
+            let mut buf = Vec::new();
+            {
+                let mut w = arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(&mut buf);
+                for b in batches {
+                    w.write(b)?;
+                }
+            }
+            Ok(String::from_utf8_lossy(&buf).into_owned())
+        }
+        Format::Json => {
+            let mut buf = Vec::new();
+            {
+                let mut w = arrow::json::ArrayWriter::new(&mut buf);
+                let refs: Vec<&RecordBatch> = batches.iter().collect();
+                w.write_batches(&refs)?;
+                w.finish()?;
+            }
+            if buf.is_empty() {
+                buf.extend_from_slice(b"[]");
+            }
+            Ok(String::from_utf8_lossy(&buf).into_owned())
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! The on-disk store of a run.
+//!
+//! `<run_dir>/<node>/part-NNNNN.parquet` (primary table) and
+//! `<run_dir>/<node>/<table>/part-NNNNN.parquet` (extra tables), each written to a
+//! hidden temp name and renamed into place; `manifest.json` is rewritten atomically after
+//! every chunk and is the only source of truth: a part file it does not list does not
+//! exist for readers, and is deleted on the next run.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+pub const MANIFEST: &str = "manifest.json";
+pub const MANIFEST_FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parquet {
+        path: PathBuf,
+        source: parquet::errors::ParquetError,
+    },
+    #[error("{path}: invalid manifest: {source}")]
+    Manifest {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("run directory {0} is in use by another sspo-run process (lock {1} is held); wait for it to finish or use another --run-dir")]
+    Locked(PathBuf, PathBuf),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    Partial,
+    Complete,
+}
+
+/// One file of one committed chunk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartFile {
+    /// Empty for the primary table.
+    pub table: String,
+    /// Relative to the node directory.
+    pub file: String,
+    pub rows: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    pub index: u64,
+    pub input_start: u64,
+    pub input_end: u64,
+    pub files: Vec<PartFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnRecord {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub data_type: String,
+}
+
+/// The commit point of a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub node: String,
+    pub op: String,
+    pub op_version: u32,
+    pub fingerprint: String,
+    pub state: NodeState,
+    /// Chunking of the input (the unit of resume); a different plan restarts the node.
+    pub chunk_rows: u64,
+    pub input_rows: u64,
+    pub chunks: Vec<ChunkRecord>,
+    /// Rows per table ("" is the primary table).
+    pub rows: BTreeMap<String, u64>,
+    pub schema: BTreeMap<String, Vec<ColumnRecord>>,
+    pub started_at: f64,
+    pub updated_at: f64,
+    /// Seconds of work spent on this node, summed over resumed runs.
+    pub elapsed_s: f64,
+    /// Counted problems (rows without an answer, empty responses, ...).
+    #[serde(default)]
+    pub counters: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// Relative path of the model artifact, when the node produces one.
+    #[serde(default)]
+    pub artifact: Option<String>,
+}
+
+impl Manifest {
+    pub fn primary_rows(&self) -> u64 {
+        self.rows.get("").copied().unwrap_or(0)
+    }
+
+    /// Part files of `table`, in chunk order.
+    pub fn files_of(&self, table: &str) -> Vec<&PartFile> {
+        self.chunks
+            .iter()
+            .flat_map(|c| c.files.iter())
+            .filter(|f| f.table == table)
+            .collect()
+    }
+
+    /// Names of all tables this node has written ("" first).
+    pub fn table_names(&self) -> Vec<String> {
+        self.schema.keys().cloned().collect()
+    }
+}
+
+pub fn now_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Writes `bytes` to `path` atomically: temp file in the same directory, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// The directory of one node.
+#[derive(Debug, Clone)]
+pub struct NodeDir {
+    pub path: PathBuf,
+}
+
+impl NodeDir {
+    pub fn new(run_dir: &Path, node: &str) -> Self {
+        Self {
+            path: run_dir.join(node),
+        }
+    }
+
+    pub fn manifest_path(&self) -> PathBuf {
+        self.path.join(MANIFEST)
+    }
+
+    /// The manifest, if the node has ever committed anything.
+    pub fn read_manifest(&self) -> Result<Option<Manifest>, StoreError> {
+        read_manifest(&self.manifest_path())
+    }
+
+    pub fn write_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(m).map_err(|source| StoreError::Manifest {
+            path: self.manifest_path(),
+            source,
+        })?;
+        write_atomic(&self.manifest_path(), &bytes)
+    }
+
+    /// Removes everything (a different fingerprint, or `--force`).
+    pub fn wipe(&self) -> Result<(), StoreError> {
+        if self.path.exists() {
+            fs::remove_dir_all(&self.path).map_err(io_err(&self.path))?;
+        }
+        Ok(())
+    }
+
+    pub fn ensure(&self) -> Result<(), StoreError> {
+        fs::create_dir_all(&self.path).map_err(io_err(&self.path))
+    }
+
+    /// Deletes part files and temp files that the manifest does not list: leftovers of
+    /// a run killed between writing a part and committing it.
+    pub fn remove_uncommitted(&self, manifest: Option<&Manifest>) -> Result<usize, StoreError> {
+        let listed: std::collections::HashSet<String> = manifest
+            .map(|m| {
+                m.chunks
+                    .iter()
+                    .flat_map(|c| c.files.iter().map(|f| f.file.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut removed = 0;
+        let mut dirs = vec![self.path.clone()];
+        if let Some(m) = manifest {
+            dirs.extend(
+                m.table_names()
+                    .into_iter()
+                    .filter(|t| !t.is_empty())
+                    .map(|t| self.path.join(t)),
+            );
+        }
+        for dir in dirs {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let is_part = name.starts_with("part-") && name.ends_with(".parquet");
+                let is_tmp = name.starts_with('.') && name.ends_with(".tmp");
+                if !(is_part || is_tmp) {
+                    continue;
+                }
+                let rel = entry
+                    .path()
+                    .strip_prefix(&self.path)
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or(name);
+                if is_tmp || !listed.contains(&rel) {
+                    fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Writes one table's batch of chunk `index` and returns its record (not yet
+    /// committed: the caller commits by rewriting the manifest).
+    pub fn write_part(
+        &self,
+        table: &str,
+        index: u64,
+        batch: &RecordBatch,
+    ) -> Result<PartFile, StoreError> {
+        let dir = if table.is_empty() {
+            self.path.clone()
+        } else {
+            self.path.join(table)
+        };
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let name = format!("part-{index:05}.parquet");
+        let final_path = dir.join(&name);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        write_parquet(&tmp, batch)?;
+        fs::rename(&tmp, &final_path).map_err(io_err(&final_path))?;
+        let file = if table.is_empty() {
+            name
+        } else {
+            format!("{table}/{name}")
+        };
+        Ok(PartFile {
+            table: table.to_string(),
+            file,
+            rows: batch.num_rows() as u64,
+        })
+    }
+
+    /// All committed rows of `table` as one batch.
+    pub fn read_table(&self, manifest: &Manifest, table: &str) -> Result<RecordBatch, StoreError> {
+        let files = manifest.files_of(table);
+        let mut batches = Vec::new();
+        let mut schema: Option<SchemaRef> = None;
+        for f in files {
+            let (s, mut b) = read_parquet(&self.path.join(&f.file))?;
+            schema.get_or_insert(s);
+            batches.append(&mut b);
+        }
+        let schema = schema.unwrap_or_else(|| Arc::new(Schema::empty()));
+        Ok(arrow::compute::concat_batches(&schema, &batches)?)
+    }
+}
+
+pub fn read_manifest(path: &Path) -> Result<Option<Manifest>, StoreError> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| StoreError::Manifest {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<(), StoreError> {
+    let pq_err = |source| StoreError::Parquet {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::create(path).map_err(io_err(path))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(pq_err)?;
+    writer.write(batch).map_err(pq_err)?;
+    let file = writer.into_inner().map_err(pq_err)?;
+    file.sync_all().map_err(io_err(path))
+}
+
+pub fn read_parquet(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>), StoreError> {
+    let pq_err = |source| StoreError::Parquet {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io_err(path))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq_err)?;
+    let schema = builder.schema().clone();
+    let reader = builder.with_batch_size(65536).build().map_err(pq_err)?;
+    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    Ok((schema, batches))
+}
+
+/// Exclusive lock on a run directory for the lifetime of this value.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+}
+
+impl RunLock {
+    pub fn acquire(run_dir: &Path) -> Result<Self, StoreError> {
+        fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
+        let path = run_dir.join(".lock");
+        let file = File::create(&path).map_err(io_err(&path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => {
+                Err(StoreError::Locked(run_dir.to_path_buf(), path))
+            }
+            Err(fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
+        }
+    }
+}
+
+/// `schema` as manifest records.
+pub fn schema_records(schema: &Schema) -> Vec<ColumnRecord> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| ColumnRecord {
+            name: f.name().clone(),
+            data_type: f.data_type().to_string(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field};
+
+    fn batch(n: i64) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("i", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..n)),
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| format!("r{i}")),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn uncommitted_parts_are_removed_and_committed_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = NodeDir::new(dir.path(), "n");
+        node.ensure().unwrap();
+        let p0 = node.write_part("", 0, &batch(3)).unwrap();
+        let _p1 = node.write_part("", 1, &batch(2)).unwrap();
+        std::fs::write(node.path.join(".part-00002.parquet.tmp"), b"half").unwrap();
+        let m = Manifest {
+            format: MANIFEST_FORMAT,
+            node: "n".into(),
+            op: "t".into(),
+            op_version: 1,
+            fingerprint: "f".into(),
+            state: NodeState::Partial,
+            chunk_rows: 3,
+            input_rows: 9,
+            chunks: vec![ChunkRecord {
+                index: 0,
+                input_start: 0,
+                input_end: 3,
+                files: vec![p0],
+            }],
+            rows: [("".to_string(), 3)].into(),
+            schema: [("".to_string(), schema_records(&batch(0).schema()))].into(),
+            started_at: 0.0,
+            updated_at: 0.0,
+            elapsed_s: 0.0,
+            counters: Default::default(),
+            metrics: Default::default(),
+            artifact: None,
+        };
+        node.write_manifest(&m).unwrap();
+        assert_eq!(node.remove_uncommitted(Some(&m)).unwrap(), 2);
+        let back = node.read_manifest().unwrap().unwrap();
+        assert_eq!(back, m);
+        let table = node.read_table(&back, "").unwrap();
+        assert_eq!(table.num_rows(), 3);
+        assert!(!node.path.join("part-00001.parquet").exists());
+    }
+
+    #[test]
+    fn second_lock_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = RunLock::acquire(dir.path()).unwrap();
+        let err = RunLock::acquire(dir.path()).unwrap_err();
+        assert!(
+            err.to_string().contains("in use by another sspo-run"),
+            "{err}"
+        );
+    }
+}

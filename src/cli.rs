@@ -1,0 +1,357 @@
+//! The command line: argument parsing, exit codes (0 ok, 1 runtime failure, 2 invalid
+//! spec or usage, 130 interrupted), and the wiring of the operator registry.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use sspo_engine::executor::{self, default_run_dir, RunError};
+use sspo_engine::sql::{self, Format};
+use sspo_engine::{Diagnostics, Pipeline, Plan, ProgressMode, Registry, RunOptions};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sspo-run",
+    version,
+    about = "Run SSPO pipelines: declarative, resumable, queryable with SQL",
+    long_about = "Run SSPO pipelines: declarative, resumable, queryable with SQL.\n\n\
+                  `sspo-run PIPELINE.yaml` runs (or resumes) a pipeline; re-running skips \
+                  every node whose output is complete and unchanged."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run or resume a pipeline (the default: `sspo-run PIPELINE.yaml`).
+    Run {
+        pipeline: PathBuf,
+        #[command(flatten)]
+        target: Target,
+        /// Recompute NODE and everything downstream of it, even when cached.
+        #[arg(long, value_name = "NODE")]
+        force: Vec<String>,
+        /// Run only NODE and the nodes it depends on.
+        #[arg(long, value_name = "NODE")]
+        until: Option<String>,
+        /// Progress display (default: bars on a terminal, log lines otherwise).
+        #[arg(long, value_enum)]
+        progress: Option<ProgressArg>,
+    },
+    /// Check a pipeline and report every error as FILE:LINE:COL.
+    Validate {
+        pipeline: PathBuf,
+        /// Override a value of the spec: KEY=VALUE (e.g. nodes.rollouts.params.temperature=0.7).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+    /// Per node: cached | partial | stale | missing.
+    Status {
+        pipeline: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Run a SQL query over the tables of a run (one table per node, named after it).
+    Sql {
+        /// A pipeline file or a run directory.
+        source: PathBuf,
+        query: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: FormatArg,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print the first rows of a node's table.
+    Show {
+        /// A pipeline file or a run directory.
+        source: PathBuf,
+        node: String,
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        #[arg(long, value_enum, default_value = "table")]
+        format: FormatArg,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List the operators this build provides.
+    Ops,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct Target {
+    /// Run directory (default: runs/<pipeline name>).
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+    /// Override a value of the spec: KEY=VALUE (e.g. nodes.rollouts.params.temperature=0.7).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum FormatArg {
+    Table,
+    Csv,
+    Json,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Table => Format::Table,
+            FormatArg::Csv => Format::Csv,
+            FormatArg::Json => Format::Json,
+        }
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum ProgressArg {
+    Bars,
+    Log,
+    Quiet,
+}
+
+const SUBCOMMANDS: &[&str] = &["run", "validate", "status", "sql", "show", "ops", "help"];
+
+/// `sspo-run PIPELINE.yaml ...` means `sspo-run run PIPELINE.yaml ...`.
+fn with_default_subcommand(mut args: Vec<String>) -> Vec<String> {
+    if let Some(first) = args.get(1) {
+        if !first.starts_with('-') && !SUBCOMMANDS.contains(&first.as_str()) {
+            args.insert(1, "run".into());
+        }
+    }
+    args
+}
+
+/// A failure with its exit code.
+struct Failure {
+    code: i32,
+    message: String,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure {
+            code: 1,
+            message: format!("error: {e:#}"),
+        }
+    }
+}
+
+fn invalid(d: Diagnostics) -> Failure {
+    let n = d.len();
+    Failure {
+        code: 2,
+        message: format!("{d}\n{n} error{} found", if n == 1 { "" } else { "s" }),
+    }
+}
+
+pub fn main() -> i32 {
+    let args = with_default_subcommand(std::env::args().collect());
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match dispatch(cli.command) {
+        Ok(()) => 0,
+        Err(f) => {
+            eprintln!("{}", f.message);
+            f.code
+        }
+    }
+}
+
+fn registry() -> Registry {
+    sspo_operators::registry()
+}
+
+fn load_plan(pipeline: &Path, sets: &[String]) -> Result<Plan, Failure> {
+    let spec = Pipeline::load(pipeline, sets).map_err(invalid)?;
+    Plan::build(spec, &registry()).map_err(invalid)
+}
+
+fn run_dir_of(plan: &Plan, target: &Target) -> PathBuf {
+    target
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| default_run_dir(plan))
+}
+
+/// A pipeline file → its run dir; a directory → itself.
+fn resolve_source(source: &Path, target: &Target) -> Result<PathBuf, Failure> {
+    if source.is_dir() {
+        return Ok(source.to_path_buf());
+    }
+    if !source.exists() {
+        return Err(Failure {
+            code: 2,
+            message: format!(
+                "error: {} is neither a pipeline file nor a run directory",
+                source.display()
+            ),
+        });
+    }
+    let plan = load_plan(source, &target.sets)?;
+    Ok(run_dir_of(&plan, target))
+}
+
+fn dispatch(cmd: Command) -> Result<(), Failure> {
+    match cmd {
+        Command::Run {
+            pipeline,
+            target,
+            force,
+            until,
+            progress,
+        } => {
+            let plan = load_plan(&pipeline, &target.sets)?;
+            let run_dir = run_dir_of(&plan, &target);
+            install_ctrlc();
+            let opts = RunOptions {
+                run_dir: run_dir.clone(),
+                force,
+                until,
+                progress: match progress {
+                    Some(ProgressArg::Bars) => ProgressMode::Bars,
+                    Some(ProgressArg::Log) => ProgressMode::Log,
+                    Some(ProgressArg::Quiet) => ProgressMode::Quiet,
+                    None => ProgressMode::detect(),
+                },
+            };
+            match executor::run(&plan, &opts) {
+                Ok(outcomes) => {
+                    print_outcomes(&outcomes, &run_dir);
+                    Ok(())
+                }
+                Err(e @ RunError::Interrupted(_)) => Err(Failure {
+                    code: 130,
+                    message: format!("{e}"),
+                }),
+                Err(e @ RunError::UnknownNode(..)) => Err(Failure {
+                    code: 2,
+                    message: format!("error: {e}"),
+                }),
+                Err(e) => Err(anyhow::Error::new(e).into()),
+            }
+        }
+        Command::Validate { pipeline, sets } => {
+            let plan = load_plan(&pipeline, &sets)?;
+            println!(
+                "{}: ok ({} nodes, {} models)",
+                pipeline.display(),
+                plan.nodes.len(),
+                plan.pipeline.models.len()
+            );
+            Ok(())
+        }
+        Command::Status { pipeline, target } => {
+            let plan = load_plan(&pipeline, &target.sets)?;
+            let run_dir = run_dir_of(&plan, &target);
+            let rows = executor::status(&plan, &run_dir)
+                .with_context(|| format!("reading {}", run_dir.display()))?;
+            println!("{:<20} {:<8} {:>10}  op", "node", "status", "rows");
+            for (i, (id, st, m)) in rows.iter().enumerate() {
+                let op = &plan.nodes[plan.order[i]].spec.op;
+                let rows = m
+                    .as_ref()
+                    .map(|m| m.primary_rows().to_string())
+                    .unwrap_or_else(|| "-".into());
+                println!("{id:<20} {:<8} {rows:>10}  {op}", st.as_str());
+            }
+            Ok(())
+        }
+        Command::Sql {
+            source,
+            query,
+            format,
+            target,
+        } => {
+            let run_dir = resolve_source(&source, &target)?;
+            let batches = sql::query(&run_dir, &query).map_err(|e| Failure {
+                code: 1,
+                message: format!("error: {e}"),
+            })?;
+            print!(
+                "{}",
+                ensure_newline(sql::render(&batches, format.into()).context("rendering")?)
+            );
+            Ok(())
+        }
+        Command::Show {
+            source,
+            node,
+            limit,
+            format,
+            target,
+        } => {
+            let run_dir = resolve_source(&source, &target)?;
+            let tables = sql::tables(&run_dir).context("listing tables")?;
+            if !tables.iter().any(|t| t.name == node) {
+                let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+                let hint = sspo_engine::diag::did_you_mean(&node, names.iter().copied())
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+                return Err(Failure {
+                    code: 2,
+                    message: format!(
+                        "error: no table `{node}` in {}{hint}; tables: {}",
+                        run_dir.display(),
+                        names.join(", ")
+                    ),
+                });
+            }
+            let q = format!("SELECT * FROM \"{node}\" LIMIT {limit}");
+            let batches = sql::query(&run_dir, &q).context("querying")?;
+            print!(
+                "{}",
+                ensure_newline(sql::render(&batches, format.into()).context("rendering")?)
+            );
+            Ok(())
+        }
+        Command::Ops => {
+            for op in registry().iter() {
+                println!("{:<10} {}", op.name(), op.summary());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn ensure_newline(mut s: String) -> String {
+    if !s.ends_with('\n') {
+        s.push('\n');
+    }
+    s
+}
+
+fn print_outcomes(outcomes: &[sspo_engine::NodeOutcome], run_dir: &Path) {
+    for o in outcomes {
+        match o.action {
+            "cached" => eprintln!("  {:<20} cached    {:>10} rows", o.node, o.rows),
+            action => eprintln!(
+                "  {:<20} {:<9} {:>10} rows  {:.1}s",
+                o.node, action, o.rows, o.seconds
+            ),
+        }
+    }
+    eprintln!("run directory: {}", run_dir.display());
+}
+
+static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
+
+fn install_ctrlc() {
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTS.fetch_add(1, Ordering::SeqCst) == 0 {
+            eprintln!("\ninterrupt: finishing the current chunk's commit (Ctrl-C again stops at once; nothing half-written is ever visible)");
+            sspo_engine::run::request_cancel();
+        } else {
+            std::process::exit(130);
+        }
+    });
+}
