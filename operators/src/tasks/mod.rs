@@ -1,0 +1,7 @@
+//! Task knowledge shared by several operators: answer extraction and verification
+//! (used by `source` for reference answers, by `generate` and `evaluate` for the
+//! model's answers).
+
+pub mod answer;
+
+pub use answer::{verify, AnswerFormat};
