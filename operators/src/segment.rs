@@ -1,0 +1,707 @@
+//! `segment`: splits each response into reasoning steps `s_1..s_K` with their character
+//! and token spans.
+//!
+//! A step ends after its delimiter (and, for `delimiter`, after any whitespace that
+//! follows it), so the steps of a text concatenate back to the text exactly. Fragments
+//! shorter than `min_chars` merge into the previous step (leading ones into the next);
+//! steps beyond `max_steps` merge into the last. Character offsets count Unicode scalar
+//! values (Python `str` indices); token spans index the tokens of the whole response,
+//! tokenised once: a step owns the tokens whose first character lies inside it.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Int32Builder, RecordBatch, StringBuilder, UInt32Array,
+};
+use arrow::datatypes::{DataType, Field, Schema};
+use memchr::memmem;
+use rayon::prelude::*;
+use regex::Regex;
+use serde::Deserialize;
+use serde_json::json;
+use sspo_engine::{
+    Columns, ConfigureContext, Diagnostics, NodeKernel, OpError, Operator, Params, Port, RunContext,
+};
+use tokenizers::Tokenizer;
+
+/// The `segment` operator.
+pub struct Segment;
+
+/// Output columns after the key column.
+pub const STEP_COLUMNS: [&str; 7] = [
+    "step",
+    "text",
+    "char_start",
+    "char_end",
+    "tok_start",
+    "tok_end",
+    "n_tokens",
+];
+
+/// Params of `segment`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentParams {
+    /// The text column of the `traces` table (default `response`).
+    #[serde(default = "default_column")]
+    pub column: String,
+    /// The literal step delimiter (default a blank line, `"\n\n"`).
+    #[serde(default)]
+    pub delimiter: Option<String>,
+    /// A regular expression instead of `delimiter`: a step ends where a match ends, or,
+    /// when the regex has a capture group, where group 1 starts.
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// Fragments with fewer characters (whitespace around them not counted) merge into
+    /// the previous step; leading ones into the next. Default 0 (only blank fragments).
+    #[serde(default)]
+    pub min_chars: usize,
+    /// At most this many steps per text; the tail merges into the last step.
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    /// A Hugging Face `tokenizer.json` for token spans (relative to the pipeline file);
+    /// without it the token columns are null.
+    #[serde(default)]
+    pub tokenizer: Option<String>,
+    /// Input rows per committed chunk.
+    #[serde(default = "default_chunk_rows")]
+    pub chunk_rows: usize,
+}
+
+fn default_column() -> String {
+    "response".into()
+}
+
+fn default_chunk_rows() -> usize {
+    4096
+}
+
+/// Where steps end.
+#[derive(Debug, Clone)]
+pub enum Boundary {
+    /// A literal delimiter; following whitespace joins the step it ends.
+    Delimiter(String),
+    /// A regex: the end of a match, or the start of its group 1.
+    Regex(Regex),
+}
+
+/// The splitting rules, usable without the engine (benchmarks, other operators).
+#[derive(Debug, Clone)]
+pub struct Splitter {
+    boundary: Boundary,
+    finder: Option<memmem::Finder<'static>>,
+    group: bool,
+    min_chars: usize,
+    max_steps: Option<usize>,
+}
+
+impl Splitter {
+    /// `delimiter` must not be empty; `max_steps` must be at least 1.
+    pub fn new(boundary: Boundary, min_chars: usize, max_steps: Option<usize>) -> Self {
+        let (finder, group) = match &boundary {
+            Boundary::Delimiter(d) => (Some(memmem::Finder::new(d.as_bytes()).into_owned()), false),
+            Boundary::Regex(re) => (None, re.captures_len() > 1),
+        };
+        Self {
+            boundary,
+            finder,
+            group,
+            min_chars,
+            max_steps,
+        }
+    }
+
+    /// The default: blank lines, no merging, no cap.
+    pub fn blank_lines() -> Self {
+        Self::new(Boundary::Delimiter("\n\n".into()), 0, None)
+    }
+
+    /// Byte ranges of the steps of `text` into `out` (cleared first). They cover the
+    /// text exactly; an empty or all-whitespace text has none.
+    pub fn split_into(&self, text: &str, out: &mut Vec<Range<usize>>) {
+        out.clear();
+        if text.trim().is_empty() {
+            return;
+        }
+        let mut pending: Option<usize> = None;
+        let mut push = |frag: Range<usize>, out: &mut Vec<Range<usize>>| {
+            if let Some(start) = pending {
+                let acc = start..frag.end;
+                if !self.is_short(&text[acc.clone()]) {
+                    out.push(acc);
+                    pending = None;
+                }
+            } else if !self.is_short(&text[frag.clone()]) {
+                out.push(frag);
+            } else if let Some(last) = out.last_mut() {
+                last.end = frag.end;
+            } else {
+                pending = Some(frag.start);
+            }
+        };
+        let bytes = text.as_bytes();
+        let mut pos = 0usize;
+        match (&self.boundary, &self.finder) {
+            (Boundary::Delimiter(d), Some(finder)) => {
+                while let Some(i) = finder.find(&bytes[pos..]) {
+                    let mut end = pos + i + d.len();
+                    end += text[end..].len() - text[end..].trim_start().len();
+                    push(pos..end, out);
+                    pos = end;
+                    if pos >= bytes.len() {
+                        break;
+                    }
+                }
+            }
+            (Boundary::Regex(re), _) => {
+                for caps in re.captures_iter(text) {
+                    let end = if self.group {
+                        caps.get(1).map(|g| g.start())
+                    } else {
+                        caps.get(0).filter(|m| !m.is_empty()).map(|m| m.end())
+                    };
+                    if let Some(end) = end {
+                        if end > pos && end < bytes.len() {
+                            push(pos..end, out);
+                            pos = end;
+                        }
+                    }
+                }
+            }
+            (Boundary::Delimiter(_), None) => {}
+        }
+        if pos < bytes.len() {
+            push(pos..bytes.len(), out);
+        }
+        if let Some(start) = pending {
+            // Everything was short: one step.
+            out.push(start..bytes.len());
+        }
+        if let Some(max) = self.max_steps {
+            if out.len() > max.max(1) {
+                let end = bytes.len();
+                out.truncate(max.max(1));
+                if let Some(last) = out.last_mut() {
+                    last.end = end;
+                }
+            }
+        }
+    }
+
+    /// Byte ranges of the steps of `text`.
+    pub fn split(&self, text: &str) -> Vec<Range<usize>> {
+        let mut out = Vec::new();
+        self.split_into(text, &mut out);
+        out
+    }
+
+    /// Blank, or (with `min_chars`) fewer non-surrounding-whitespace characters.
+    fn is_short(&self, frag: &str) -> bool {
+        let t = frag.trim();
+        if self.min_chars <= 1 {
+            return t.is_empty();
+        }
+        t.chars().take(self.min_chars).count() < self.min_chars
+    }
+}
+
+/// The steps of one text, ready for the output columns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TextSteps {
+    /// Byte ranges.
+    pub bytes: Vec<Range<usize>>,
+    /// Character (Unicode scalar value) ranges.
+    pub chars: Vec<(i32, i32)>,
+    /// Token ranges (when a tokenizer is given).
+    pub tokens: Option<Vec<(i32, i32)>>,
+}
+
+/// Splits one text and computes its character and token spans.
+pub fn segment_text(
+    splitter: &Splitter,
+    tokenizer: Option<&Tokenizer>,
+    text: &str,
+) -> Result<TextSteps, String> {
+    let bytes = splitter.split(text);
+    let mut chars = Vec::with_capacity(bytes.len());
+    let ascii = text.is_ascii();
+    let mut c = 0usize;
+    for r in &bytes {
+        let n = if ascii {
+            r.len()
+        } else {
+            text[r.clone()].chars().count()
+        };
+        chars.push((to_i32(c)?, to_i32(c + n)?));
+        c += n;
+    }
+    let tokens = match tokenizer {
+        Some(tok) if !bytes.is_empty() => {
+            let enc = tok
+                .encode(text, false)
+                .map_err(|e| format!("tokenizer: {e}"))?;
+            let starts: Vec<usize> = enc.get_offsets().iter().map(|o| o.0).collect();
+            let n_tok = starts.len();
+            let mut spans = Vec::with_capacity(bytes.len());
+            let mut t = 0usize;
+            for (k, r) in bytes.iter().enumerate() {
+                let start = t;
+                if k + 1 == bytes.len() {
+                    t = n_tok;
+                } else {
+                    while t < n_tok && starts[t] < r.end {
+                        t += 1;
+                    }
+                }
+                spans.push((to_i32(start)?, to_i32(t)?));
+            }
+            Some(spans)
+        }
+        Some(_) => Some(Vec::new()),
+        None => None,
+    };
+    Ok(TextSteps {
+        bytes,
+        chars,
+        tokens,
+    })
+}
+
+fn to_i32(n: usize) -> Result<i32, String> {
+    i32::try_from(n).map_err(|_| format!("offset {n} does not fit in a 32-bit column"))
+}
+
+/// Texts of a string column, whichever string type it has.
+enum TextColumn<'a> {
+    Utf8(&'a arrow::array::StringArray),
+    Large(&'a arrow::array::LargeStringArray),
+    View(&'a arrow::array::StringViewArray),
+}
+
+impl<'a> TextColumn<'a> {
+    fn new(col: &'a ArrayRef) -> Option<Self> {
+        Some(match col.data_type() {
+            DataType::Utf8 => TextColumn::Utf8(col.as_string::<i32>()),
+            DataType::LargeUtf8 => TextColumn::Large(col.as_string::<i64>()),
+            DataType::Utf8View => TextColumn::View(col.as_string_view()),
+            _ => return None,
+        })
+    }
+    fn get(&self, i: usize) -> Option<&'a str> {
+        match self {
+            TextColumn::Utf8(a) => a.is_valid(i).then(|| a.value(i)),
+            TextColumn::Large(a) => a.is_valid(i).then(|| a.value(i)),
+            TextColumn::View(a) => a.is_valid(i).then(|| a.value(i)),
+        }
+    }
+}
+
+impl Operator for Segment {
+    fn name(&self) -> &'static str {
+        "segment"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "splits responses into reasoning steps with character and token spans"
+    }
+    fn ports(&self) -> &'static [Port] {
+        const PORTS: &[Port] = &[Port::table(
+            "traces",
+            "rows with a text column to split (e.g. `generate`'s rollouts)",
+        )];
+        PORTS
+    }
+    fn configure(
+        &self,
+        params: &Params,
+        ctx: &ConfigureContext,
+    ) -> Result<Arc<dyn NodeKernel>, Diagnostics> {
+        let p: SegmentParams = params.parse()?;
+        let mut diags = Diagnostics::new();
+        let boundary = match (&p.delimiter, &p.regex) {
+            (Some(_), Some(_)) => {
+                diags
+                    .push(params.error(&["regex"], "give either `delimiter` or `regex`, not both"));
+                None
+            }
+            (Some(d), None) if d.is_empty() => {
+                diags.push(params.error(&["delimiter"], "`delimiter` must not be empty"));
+                None
+            }
+            (Some(d), None) => Some(Boundary::Delimiter(d.clone())),
+            (None, Some(r)) => match Regex::new(r) {
+                Ok(re) if re.is_match("") && re.captures_len() == 1 => {
+                    diags.push(params.error(
+                        &["regex"],
+                        "`regex` matches the empty string, so it cannot mark step ends",
+                    ));
+                    None
+                }
+                Ok(re) => Some(Boundary::Regex(re)),
+                Err(e) => {
+                    diags.push(params.error(&["regex"], format!("invalid regex: {e}")));
+                    None
+                }
+            },
+            (None, None) => Some(Boundary::Delimiter("\n\n".into())),
+        };
+        if p.max_steps == Some(0) {
+            diags.push(params.error(&["max_steps"], "`max_steps` must be at least 1"));
+        }
+        if p.chunk_rows == 0 {
+            diags.push(params.error(&["chunk_rows"], "`chunk_rows` must be at least 1"));
+        }
+        if p.column.is_empty() {
+            diags.push(params.error(&["column"], "`column` must not be empty"));
+        }
+        let mut tokenizer = None;
+        let mut tokenizer_path = None;
+        if let Some(t) = &p.tokenizer {
+            let path = ctx.resolve(t);
+            if !path.is_file() {
+                diags.push(
+                    params.error(&["tokenizer"], format!("no such file: {}", path.display())),
+                );
+            } else {
+                match Tokenizer::from_file(&path) {
+                    Ok(tok) => {
+                        tokenizer = Some(Arc::new(tok));
+                        tokenizer_path = Some(path);
+                    }
+                    Err(e) => diags.push(params.error(
+                        &["tokenizer"],
+                        format!("{} is not a readable tokenizer.json: {e}", path.display()),
+                    )),
+                }
+            }
+        }
+        diags.into_result()?;
+        let Some(boundary) = boundary else {
+            return Err(Diagnostics::new());
+        };
+        Ok(Arc::new(SegmentKernel {
+            splitter: Splitter::new(boundary, p.min_chars, p.max_steps),
+            params: p,
+            tokenizer,
+            tokenizer_path,
+        }))
+    }
+}
+
+struct SegmentKernel {
+    params: SegmentParams,
+    splitter: Splitter,
+    tokenizer: Option<Arc<Tokenizer>>,
+    tokenizer_path: Option<PathBuf>,
+}
+
+/// The key column the output keeps: `rollout_id` when the input has it, else `id`.
+fn key_column(has_rollout_id: bool) -> &'static str {
+    if has_rollout_id {
+        "rollout_id"
+    } else {
+        "id"
+    }
+}
+
+impl NodeKernel for SegmentKernel {
+    fn params_json(&self) -> serde_json::Value {
+        let p = &self.params;
+        let (delimiter, regex) = match (&p.delimiter, &p.regex) {
+            (_, Some(r)) => (None, Some(r.clone())),
+            (d, None) => (Some(d.clone().unwrap_or_else(|| "\n\n".into())), None),
+        };
+        json!({
+            "column": p.column,
+            "delimiter": delimiter,
+            "regex": regex,
+            "min_chars": p.min_chars,
+            "max_steps": p.max_steps,
+            "tokenizer": p.tokenizer.is_some(),
+            "chunk_rows": p.chunk_rows,
+        })
+    }
+
+    fn external_files(&self) -> Vec<PathBuf> {
+        self.tokenizer_path.iter().cloned().collect()
+    }
+
+    fn required_columns(&self) -> Vec<(&'static str, Vec<String>)> {
+        vec![("traces", vec![self.params.column.clone()])]
+    }
+
+    fn output_columns(&self, inputs: &BTreeMap<String, Columns>) -> Columns {
+        let has = inputs
+            .get("traces")
+            .is_some_and(|c| c.contains("rollout_id"));
+        let mut names = vec![key_column(has)];
+        names.extend(STEP_COLUMNS);
+        Columns::exact(names)
+    }
+
+    fn chunk_rows(&self) -> usize {
+        self.params.chunk_rows
+    }
+
+    fn run(&self, ctx: &mut RunContext) -> Result<(), OpError> {
+        let table = ctx.input_table("traces")?;
+        let has_rollout = table.column_by_name("rollout_id").is_some();
+        let key_name = key_column(has_rollout);
+        let key = table.column_by_name(key_name).cloned().ok_or_else(|| {
+            OpError::msg("the `traces` table has neither `rollout_id` nor `id`: segment keeps one of them as its key")
+        })?;
+        let col = table
+            .column_by_name(&self.params.column)
+            .cloned()
+            .ok_or_else(|| {
+                OpError::msg(format!(
+                    "the `traces` table has no column `{}`",
+                    self.params.column
+                ))
+            })?;
+        let texts = TextColumn::new(&col).ok_or_else(|| {
+            OpError::msg(format!(
+                "column `{}` is {}, not text",
+                self.params.column,
+                col.data_type()
+            ))
+        })?;
+        let n = table.num_rows();
+        let mut total_steps = 0u64;
+        ctx.run_chunks(n, self.params.chunk_rows, |ctx, range| {
+            let (batch, empty) = self.segment_chunk(&texts, &key, key_name, range)?;
+            ctx.count(
+                "empty_texts",
+                empty,
+                "rows with an empty text produced no steps",
+            );
+            total_steps += batch.num_rows() as u64;
+            Ok(batch.into())
+        })?;
+        ctx.set_metric("steps_this_run", json!(total_steps));
+        Ok(())
+    }
+}
+
+impl SegmentKernel {
+    fn segment_chunk(
+        &self,
+        texts: &TextColumn,
+        key: &ArrayRef,
+        key_name: &str,
+        range: Range<usize>,
+    ) -> Result<(RecordBatch, u64), OpError> {
+        let tok = self.tokenizer.as_deref();
+        let per_row: Vec<Option<TextSteps>> = range
+            .clone()
+            .into_par_iter()
+            .map(|i| match texts.get(i) {
+                Some(t) if !t.trim().is_empty() => segment_text(&self.splitter, tok, t).map(Some),
+                _ => Ok(None),
+            })
+            .collect::<Result<_, String>>()
+            .map_err(OpError::msg)?;
+        let empty = per_row.iter().filter(|r| r.is_none()).count() as u64;
+        let batch = build_batch(texts, key, key_name, range, &per_row, tok.is_some())?;
+        Ok((batch, empty))
+    }
+}
+
+/// The output rows of a chunk, in input order then step order.
+fn build_batch(
+    texts: &TextColumn,
+    key: &ArrayRef,
+    key_name: &str,
+    range: Range<usize>,
+    per_row: &[Option<TextSteps>],
+    with_tokens: bool,
+) -> Result<RecordBatch, OpError> {
+    let n_steps: usize = per_row.iter().flatten().map(|s| s.bytes.len()).sum();
+    let n_bytes: usize = range
+        .clone()
+        .zip(per_row)
+        .filter(|(_, s)| s.is_some())
+        .map(|(i, _)| texts.get(i).map_or(0, str::len))
+        .sum();
+    let mut rows = Vec::with_capacity(n_steps);
+    let mut step = Int32Builder::with_capacity(n_steps);
+    let mut text = StringBuilder::with_capacity(n_steps, n_bytes);
+    let mut cs = Int32Builder::with_capacity(n_steps);
+    let mut ce = Int32Builder::with_capacity(n_steps);
+    let mut ts = Int32Builder::with_capacity(n_steps);
+    let mut te = Int32Builder::with_capacity(n_steps);
+    let mut nt = Int32Builder::with_capacity(n_steps);
+    for (i, steps) in range.zip(per_row) {
+        let Some(steps) = steps else { continue };
+        let t = texts.get(i).unwrap_or("");
+        for (k, r) in steps.bytes.iter().enumerate() {
+            rows.push(i as u32);
+            step.append_value(k as i32 + 1);
+            text.append_value(&t[r.clone()]);
+            cs.append_value(steps.chars[k].0);
+            ce.append_value(steps.chars[k].1);
+            if let Some(tok) = &steps.tokens {
+                let (a, b) = tok[k];
+                ts.append_value(a);
+                te.append_value(b);
+                nt.append_value(b - a);
+            }
+        }
+    }
+    let (ts, te, nt): (ArrayRef, ArrayRef, ArrayRef) = if with_tokens {
+        (
+            Arc::new(ts.finish()),
+            Arc::new(te.finish()),
+            Arc::new(nt.finish()),
+        )
+    } else {
+        let null = arrow::array::new_null_array(&DataType::Int32, n_steps);
+        (null.clone(), null.clone(), null)
+    };
+    let key_col = arrow::compute::take(key.as_ref(), &UInt32Array::from(rows), None)?;
+    let fields = vec![
+        Field::new(key_name, key.data_type().clone(), true),
+        Field::new("step", DataType::Int32, false),
+        Field::new("text", DataType::Utf8, false),
+        Field::new("char_start", DataType::Int32, false),
+        Field::new("char_end", DataType::Int32, false),
+        Field::new("tok_start", DataType::Int32, true),
+        Field::new("tok_end", DataType::Int32, true),
+        Field::new("n_tokens", DataType::Int32, true),
+    ];
+    let columns: Vec<ArrayRef> = vec![
+        key_col,
+        Arc::new(step.finish()),
+        Arc::new(text.finish()),
+        Arc::new(cs.finish()),
+        Arc::new(ce.finish()),
+        ts,
+        te,
+        nt,
+    ];
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
+/// Segments a whole column without the engine (benchmarks): the output batch.
+pub fn segment_column(
+    splitter: &Splitter,
+    tokenizer: Option<&Tokenizer>,
+    key: &ArrayRef,
+    key_name: &str,
+    texts: &ArrayRef,
+) -> Result<RecordBatch, OpError> {
+    let texts = TextColumn::new(texts).ok_or_else(|| OpError::msg("not a text column"))?;
+    let range = 0..key.len();
+    let per_row: Vec<Option<TextSteps>> = range
+        .clone()
+        .into_par_iter()
+        .map(|i| match texts.get(i) {
+            Some(t) if !t.trim().is_empty() => segment_text(splitter, tokenizer, t).map(Some),
+            _ => Ok(None),
+        })
+        .collect::<Result<_, String>>()
+        .map_err(OpError::msg)?;
+    build_batch(&texts, key, key_name, range, &per_row, tokenizer.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(s: &Splitter, t: &str) -> Vec<String> {
+        s.split(t).into_iter().map(|r| t[r].to_string()).collect()
+    }
+
+    #[test]
+    fn blank_lines_end_steps_and_cover_the_text() {
+        let t = "First, 3+4=7.\n\nThen 7*2=14.\n\n\n  So the answer is 14.";
+        let steps = texts(&Splitter::blank_lines(), t);
+        assert_eq!(
+            steps,
+            [
+                "First, 3+4=7.\n\n",
+                "Then 7*2=14.\n\n\n  ",
+                "So the answer is 14."
+            ]
+        );
+        assert_eq!(steps.concat(), t);
+    }
+
+    #[test]
+    fn leading_and_trailing_blanks_merge() {
+        let t = "\n\nA\n\nB\n\n";
+        let steps = texts(&Splitter::blank_lines(), t);
+        assert_eq!(steps, ["\n\nA\n\n", "B\n\n"]);
+        assert_eq!(texts(&Splitter::blank_lines(), "single"), ["single"]);
+        assert!(Splitter::blank_lines().split("").is_empty());
+        assert!(Splitter::blank_lines().split(" \n\n ").is_empty());
+    }
+
+    #[test]
+    fn min_chars_merges_short_fragments() {
+        let s = Splitter::new(Boundary::Delimiter("\n\n".into()), 5, None);
+        let t = "Ok\n\nA longer step.\n\nyes\n\nAnother long one.\n\nno";
+        assert_eq!(
+            texts(&s, t),
+            ["Ok\n\nA longer step.\n\nyes\n\n", "Another long one.\n\nno"]
+        );
+        // All short: one step.
+        assert_eq!(texts(&s, "a\n\nb"), ["a\n\nb"]);
+        // Leading short fragments accumulate until long enough.
+        assert_eq!(
+            texts(&s, "ab\n\ncd\n\nef\n\nlonger text"),
+            ["ab\n\ncd\n\nef\n\n", "longer text"]
+        );
+    }
+
+    #[test]
+    fn max_steps_merges_the_tail() {
+        let s = Splitter::new(Boundary::Delimiter("\n\n".into()), 0, Some(2));
+        assert_eq!(texts(&s, "a\n\nb\n\nc\n\nd"), ["a\n\n", "b\n\nc\n\nd"]);
+        let s1 = Splitter::new(Boundary::Delimiter("\n\n".into()), 0, Some(1));
+        assert_eq!(texts(&s1, "a\n\nb"), ["a\n\nb"]);
+    }
+
+    #[test]
+    fn regex_ends_and_groups() {
+        let s = Splitter::new(Boundary::Regex(Regex::new(r"\.\s+").unwrap()), 0, None);
+        assert_eq!(
+            texts(&s, "One. Two.  Three."),
+            ["One. ", "Two.  ", "Three."]
+        );
+        let g = Splitter::new(
+            Boundary::Regex(Regex::new(r"\n(Step \d+)").unwrap()),
+            0,
+            None,
+        );
+        assert_eq!(
+            texts(&g, "Step 1: a\nStep 2: b\nStep 3: c"),
+            ["Step 1: a\n", "Step 2: b\n", "Step 3: c"]
+        );
+    }
+
+    #[test]
+    fn char_offsets_count_scalar_values() {
+        let t = "Sei x = 3 · 4 = 12.\n\nDann ist die Lösung 12 ✓.\n\n答案是 12。";
+        let s = segment_text(&Splitter::blank_lines(), None, t).unwrap();
+        let chars: Vec<char> = t.chars().collect();
+        assert_eq!(s.chars.len(), 3);
+        let mut prev = 0;
+        for ((a, b), r) in s.chars.iter().zip(&s.bytes) {
+            assert_eq!(*a, prev);
+            let from_chars: String = chars[*a as usize..*b as usize].iter().collect();
+            assert_eq!(from_chars, &t[r.clone()]);
+            prev = *b;
+        }
+        assert_eq!(prev as usize, chars.len());
+        assert!(s.tokens.is_none());
+    }
+}
