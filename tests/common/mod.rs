@@ -1,0 +1,103 @@
+//! Helpers shared by the end-to-end CLI tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sspo-run"))
+}
+
+/// Runs `sspo-run` with `args` in `dir`.
+pub fn sspo(dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("sspo-run starts")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs and asserts success, returning stderr (where the run summary goes).
+pub fn run_ok(dir: &Path, args: &[&str]) -> String {
+    let o = sspo(dir, args);
+    assert!(
+        o.status.success(),
+        "sspo-run {args:?} failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        stdout(&o),
+        stderr(&o)
+    );
+    stderr(&o)
+}
+
+/// `sspo-run sql` as CSV.
+pub fn sql_csv(dir: &Path, source: &str, query: &str) -> String {
+    let o = sspo(dir, &["sql", source, query, "--format", "csv"]);
+    assert!(o.status.success(), "sql failed: {}", stderr(&o));
+    stdout(&o)
+}
+
+/// The action reported for `node` in a run summary (`ran`, `cached`, `resumed`).
+pub fn action_of(summary: &str, node: &str) -> Option<String> {
+    summary.lines().find_map(|l| {
+        let mut words = l.split_whitespace();
+        (words.next() == Some(node)).then(|| words.next().unwrap_or_default().to_string())
+    })
+}
+
+/// Writes a GSM8K-style JSONL of `n` rows with multi-step solutions.
+pub fn write_gsm8k_like(path: &Path, n: usize) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create data"));
+    for i in 0..n {
+        let a = i % 97 + 3;
+        let b = i % 13 + 2;
+        let steps = 2 + i % 4;
+        let mut sol = String::new();
+        let mut acc = a;
+        for s in 0..steps {
+            let next = acc + b * (s + 1);
+            sol.push_str(&format!(
+                "Step {s}: {acc} + {b}*{} = <<{acc}+{b}*{}={next}>>{next}.\n\n",
+                s + 1,
+                s + 1
+            ));
+            acc = next;
+        }
+        sol.push_str(&format!("#### {acc}"));
+        let row = serde_json::json!({
+            "question": format!("Start with {a} and add {b} times 1, 2, ... {steps}. Problem {i}?"),
+            "answer": sol,
+            "level": i % 3,
+        });
+        writeln!(f, "{row}").expect("write row");
+    }
+}
+
+/// Every part file of a run dir with its modification time.
+pub fn part_files(run_dir: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut stack = vec![run_dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                let m = e.metadata().and_then(|m| m.modified()).expect("mtime");
+                out.push((p, m));
+            }
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,330 @@
+//! End-to-end tests of the engine through the `sspo-run` binary: caching, invalidation,
+//! kill -9 and resume, run-dir locking, SQL.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const PIPELINE: &str = r#"
+name: cli
+seed: 3
+nodes:
+  problems:
+    op: source
+    params:
+      path: data.jsonl
+      columns: {prompt: question}
+      split: {test_fraction: 0.25}
+  steps:
+    op: segment
+    inputs: {traces: problems}
+    params: {column: answer_text}
+  lines:
+    op: segment
+    inputs: {traces: problems}
+    params: {column: answer_text, delimiter: "\n"}
+"#;
+
+fn setup(rows: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_gsm8k_like(&dir.path().join("data.jsonl"), rows);
+    std::fs::write(dir.path().join("p.yaml"), PIPELINE).expect("write spec");
+    dir
+}
+
+#[test]
+fn rerun_is_fully_cached_and_rewrites_nothing() {
+    let dir = setup(200);
+    let first = run_ok(dir.path(), &["p.yaml"]);
+    for node in ["problems", "steps", "lines"] {
+        assert_eq!(action_of(&first, node).as_deref(), Some("ran"), "{first}");
+    }
+    let before = part_files(&dir.path().join("runs/cli"));
+    assert!(before.len() >= 3);
+    std::thread::sleep(Duration::from_millis(20));
+    let second = run_ok(dir.path(), &["p.yaml"]);
+    for node in ["problems", "steps", "lines"] {
+        assert_eq!(
+            action_of(&second, node).as_deref(),
+            Some("cached"),
+            "{second}"
+        );
+    }
+    assert_eq!(
+        before,
+        part_files(&dir.path().join("runs/cli")),
+        "part files were rewritten"
+    );
+    let status = stdout(&sspo(dir.path(), &["status", "p.yaml"]));
+    assert_eq!(status.matches(" cached ").count(), 3, "{status}");
+}
+
+#[test]
+fn a_changed_param_recomputes_only_that_node_and_its_descendants() {
+    let dir = setup(100);
+    run_ok(dir.path(), &["p.yaml"]);
+    // A param of one leaf: only that leaf.
+    let set = "--set=nodes.steps.params.min_chars=40";
+    let status = stdout(&sspo(dir.path(), &["status", "p.yaml", set]));
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("steps") && l.contains("stale")),
+        "{status}"
+    );
+    let out = run_ok(dir.path(), &["p.yaml", set]);
+    assert_eq!(action_of(&out, "problems").as_deref(), Some("cached"));
+    assert_eq!(action_of(&out, "steps").as_deref(), Some("ran"));
+    assert_eq!(action_of(&out, "lines").as_deref(), Some("cached"));
+    // A param of the root: everything downstream.
+    let out = run_ok(
+        dir.path(),
+        &["p.yaml", set, "--set", "nodes.problems.params.limit=50"],
+    );
+    for node in ["problems", "steps", "lines"] {
+        assert_eq!(action_of(&out, node).as_deref(), Some("ran"), "{out}");
+    }
+    let n = sql_csv(dir.path(), "runs/cli", "select count(*) as n from problems");
+    assert_eq!(n.lines().nth(1), Some("50"));
+    // --force recomputes a cached node and its descendants; --until stops early.
+    let out = run_ok(
+        dir.path(),
+        &[
+            "p.yaml",
+            set,
+            "--set",
+            "nodes.problems.params.limit=50",
+            "--force",
+            "steps",
+        ],
+    );
+    assert_eq!(action_of(&out, "problems").as_deref(), Some("cached"));
+    assert_eq!(action_of(&out, "steps").as_deref(), Some("ran"));
+    let out = run_ok(dir.path(), &["p.yaml", "--until", "problems"]);
+    assert_eq!(action_of(&out, "problems").as_deref(), Some("ran"));
+    assert_eq!(action_of(&out, "steps"), None, "{out}");
+}
+
+#[test]
+fn kill_dash_nine_then_resume_gives_the_same_tables_as_a_clean_run() {
+    let dir = setup(60_000);
+    let p = dir.path();
+    let small_chunks = [
+        "--set",
+        "nodes.steps.params.chunk_rows=500",
+        "--set",
+        "nodes.lines.params.chunk_rows=500",
+    ];
+    // Reference: an uninterrupted run in its own run dir.
+    let mut args = vec!["p.yaml", "--run-dir", "clean"];
+    args.extend(small_chunks);
+    let t0 = Instant::now();
+    run_ok(p, &args);
+    let clean_secs = t0.elapsed().as_secs_f64();
+
+    // Interrupted runs: kill -9 at spread-out moments, then finish.
+    let mut killed_mid_way = 0;
+    for fraction in [0.15, 0.4, 0.7] {
+        let mut child = Command::new(bin())
+            .args(["p.yaml", "--run-dir", "killed"])
+            .args(small_chunks)
+            .current_dir(p)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_secs_f64(clean_secs * fraction));
+        if child.try_wait().expect("wait").is_none() {
+            killed_mid_way += 1;
+        }
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+    }
+    assert!(
+        killed_mid_way >= 2,
+        "runs finished before they could be killed"
+    );
+    let mut args = vec!["status", "p.yaml", "--run-dir", "killed"];
+    args.extend(small_chunks);
+    let status = stdout(&sspo(p, &args));
+    assert!(!status.contains("stale"), "{status}");
+    let mut args = vec!["p.yaml", "--run-dir", "killed"];
+    args.extend(small_chunks);
+    run_ok(p, &args);
+
+    for (table, key) in [
+        ("problems", "id"),
+        ("steps", "id, step"),
+        ("lines", "id, step"),
+    ] {
+        let q = format!("select * from {table} order by {key}");
+        let a = sql_csv(p, "clean", &q);
+        let b = sql_csv(p, "killed", &q);
+        assert!(a.lines().count() > 1000 || table == "problems");
+        assert!(a == b, "table {table} differs after kill + resume");
+    }
+    // Nothing half-written is left behind.
+    for (path, _) in part_files(&p.join("killed")) {
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        assert!(name.starts_with("part-"), "{name}");
+    }
+}
+
+#[test]
+fn a_second_run_on_a_busy_run_dir_is_refused_at_once() {
+    let dir = setup(60_000);
+    let p = dir.path();
+    let mut first = Command::new(bin())
+        .args(["p.yaml", "--set", "nodes.steps.params.chunk_rows=200"])
+        .current_dir(p)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // Wait until the first run has started writing.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !p.join("runs/cli/problems/manifest.json").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t0 = Instant::now();
+    let second = sspo(p, &["p.yaml"]);
+    let waited = t0.elapsed();
+    let still_running = first.try_wait().expect("wait").is_none();
+    first.kill().ok();
+    first.wait().ok();
+    assert!(
+        still_running,
+        "the first run ended before the second started; the test proves nothing"
+    );
+    assert_eq!(second.status.code(), Some(1), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("in use by another sspo-run process"),
+        "{}",
+        stderr(&second)
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "the second run waited instead of failing"
+    );
+}
+
+#[test]
+fn sql_answers_match_counts_of_the_input() {
+    let rows = 400;
+    let dir = setup(rows);
+    let p = dir.path();
+    run_ok(p, &["p.yaml"]);
+    // Independent counts from the generator's structure: row i has 2 + i % 4 steps
+    // (plus the final `####` line) and level i % 3.
+    let expected_steps: usize = (0..rows).map(|i| 2 + i % 4 + 1).sum();
+    let out = sql_csv(
+        p,
+        "p.yaml",
+        "select count(*) as n, count(distinct id) as ids from steps",
+    );
+    assert_eq!(
+        out.lines().nth(1),
+        Some(format!("{expected_steps},{rows}").as_str()),
+        "{out}"
+    );
+    let out = sql_csv(
+        p,
+        "p.yaml",
+        "select level, count(*) as n from problems group by level order by level",
+    );
+    let want: Vec<String> = (0..3)
+        .map(|l| format!("{l},{}", (0..rows).filter(|i| i % 3 == l).count()))
+        .collect();
+    assert_eq!(out.lines().skip(1).collect::<Vec<_>>(), want, "{out}");
+    // Steps joined back to their problems: every step belongs to a problem.
+    let out = sql_csv(
+        p,
+        "p.yaml",
+        "select count(*) from steps s left join problems p on s.id = p.id where p.id is null",
+    );
+    assert_eq!(out.lines().nth(1), Some("0"));
+    // Split is a partition with roughly the requested fraction.
+    let out = sql_csv(
+        p,
+        "p.yaml",
+        "select sum(case when split = 'test' then 1 else 0 end) as t, count(*) as n from problems",
+    );
+    let fields: Vec<usize> = out
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    assert_eq!(fields.len(), 2);
+    assert_eq!(fields[1], rows);
+    assert!((60..140).contains(&fields[0]), "test rows: {}", fields[0]);
+    // JSON output parses and has the same count.
+    let o = sspo(
+        p,
+        &[
+            "sql",
+            "p.yaml",
+            "select id from problems",
+            "--format",
+            "json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v.as_array().map(Vec::len), Some(rows));
+    // `show` limits rows.
+    let o = sspo(
+        p,
+        &[
+            "show", "runs/cli", "steps", "--limit", "3", "--format", "json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v.as_array().map(Vec::len), Some(3));
+}
+
+#[test]
+fn sql_sees_a_partial_node() {
+    let dir = setup(60_000);
+    let p = dir.path();
+    let mut child = Command::new(bin())
+        .args(["p.yaml", "--set", "nodes.steps.params.chunk_rows=300"])
+        .current_dir(p)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let manifest = p.join("runs/cli/steps/manifest.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !manifest.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().ok();
+    child.wait().ok();
+    let status = stdout(&sspo(
+        p,
+        &[
+            "status",
+            "p.yaml",
+            "--set",
+            "nodes.steps.params.chunk_rows=300",
+        ],
+    ));
+    if status
+        .lines()
+        .any(|l| l.starts_with("steps") && l.contains("partial"))
+    {
+        let out = sql_csv(p, "runs/cli", "select count(*) from steps");
+        let n: usize = out.lines().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+        assert!(n > 0, "a partial node's committed rows are queryable");
+    }
+    assert!(Path::new(&manifest).exists());
+}
