@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use sspo_engine::Registry;
 
+pub mod generate;
+pub mod model_port;
 pub mod segment;
 pub mod source;
 pub mod tasks;
@@ -14,5 +16,6 @@ pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(Arc::new(source::Source));
     r.register(Arc::new(segment::Segment));
+    r.register(Arc::new(generate::Generate));
     r
 }

@@ -1,0 +1,579 @@
+//! `generate`: samples `samples` responses per prompt from the model on the `model` port,
+//! extracts and verifies each response's final answer.
+//!
+//! Every (prompt, sample) pair has its own seed, `row_seed(id, sample)`, and the model
+//! crate samples each request with a private generator, so the rows do not depend on
+//! `batch_size` or on which prompts share a chunk. The model is loaded once per run, when
+//! the first chunk that still has to be computed starts (a fully cached or fully resumed
+//! node never loads it).
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanBuilder, Int32Builder, RecordBatch, StringArray, StringBuilder,
+    UInt64Builder,
+};
+use arrow::datatypes::{DataType, Field, Schema};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sspo_engine::{
+    Columns, ConfigureContext, Diagnostics, ModelRef, NodeKernel, OpError, Operator, Params, Port,
+    RunContext,
+};
+use sspo_model::{
+    FinishReason, GenerationOutput, GenerationRequest, Generator, GeneratorConfig, Model,
+    SamplingParams,
+};
+
+use crate::model_port::{encode_context, load_model, render_context};
+use crate::tasks::AnswerFormat;
+
+/// The `generate` operator.
+pub struct Generate;
+
+/// Output columns, in order. `rollout_id` .. `seed` are the table contract; `answer` (the
+/// reference answer the row was verified against) and `context` (the exact model input
+/// text) extend it for `probe`, `pair` and `train`.
+pub const GENERATE_COLUMNS: [&str; 12] = [
+    "rollout_id",
+    "id",
+    "sample",
+    "prompt",
+    "response",
+    "n_tokens",
+    "finish_reason",
+    "pred_answer",
+    "correct",
+    "seed",
+    "answer",
+    "context",
+];
+
+/// Params of `generate`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateParams {
+    /// Responses per prompt (G).
+    #[serde(default = "default_samples")]
+    pub samples: usize,
+    /// Sampling temperature; 0 = greedy.
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    /// Nucleus sampling mass; 1 = off.
+    #[serde(default = "default_top_p")]
+    pub top_p: f64,
+    /// Keep only the k most likely tokens; 0 = off.
+    #[serde(default)]
+    pub top_k: usize,
+    /// Most tokens generated per response.
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    /// Generation stops once the response contains one of these; the response is cut
+    /// before it.
+    #[serde(default)]
+    pub stop: Vec<String>,
+    /// Wrap the prompt in the model's chat template (one user message, generation prompt).
+    #[serde(default)]
+    pub chat_template: bool,
+    /// Text around the prompt, with a `{prompt}` placeholder (applied before the chat
+    /// template).
+    #[serde(default = "default_prompt_template")]
+    pub prompt_template: String,
+    /// Requests decoded together (continuous batching slots).
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// How the final answer is written in responses.
+    #[serde(default)]
+    pub answer_format: AnswerFormat,
+    /// Prompt rows per committed chunk.
+    #[serde(default = "default_chunk_rows")]
+    pub chunk_rows: usize,
+}
+
+fn default_samples() -> usize {
+    4
+}
+fn default_temperature() -> f64 {
+    1.0
+}
+fn default_top_p() -> f64 {
+    1.0
+}
+fn default_max_new_tokens() -> usize {
+    256
+}
+fn default_prompt_template() -> String {
+    "{prompt}".into()
+}
+fn default_batch_size() -> usize {
+    16
+}
+fn default_chunk_rows() -> usize {
+    8
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        GenerateParams {
+            samples: default_samples(),
+            temperature: default_temperature(),
+            top_p: default_top_p(),
+            top_k: 0,
+            max_new_tokens: default_max_new_tokens(),
+            stop: Vec::new(),
+            chat_template: false,
+            prompt_template: default_prompt_template(),
+            batch_size: default_batch_size(),
+            answer_format: AnswerFormat::Auto,
+            chunk_rows: default_chunk_rows(),
+        }
+    }
+}
+
+impl GenerateParams {
+    /// Semantic checks, located at the offending key.
+    pub fn check(&self, params: &Params) -> Diagnostics {
+        let mut d = Diagnostics::new();
+        let mut err = |key: &str, msg: &str| d.push(params.error(&[key], msg.to_string()));
+        if self.samples == 0 {
+            err("samples", "`samples` must be at least 1");
+        }
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            err("temperature", "`temperature` must be >= 0 (0 = greedy)");
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            err("top_p", "`top_p` must be in (0, 1]");
+        }
+        if self.max_new_tokens == 0 {
+            err("max_new_tokens", "`max_new_tokens` must be at least 1");
+        }
+        if self.stop.iter().any(String::is_empty) {
+            err("stop", "stop strings must not be empty");
+        }
+        if !self.prompt_template.contains("{prompt}") {
+            err(
+                "prompt_template",
+                "`prompt_template` must contain the placeholder `{prompt}`",
+            );
+        }
+        if self.batch_size == 0 {
+            err("batch_size", "`batch_size` must be at least 1");
+        }
+        if self.chunk_rows == 0 {
+            err("chunk_rows", "`chunk_rows` must be at least 1");
+        }
+        d
+    }
+}
+
+impl Operator for Generate {
+    fn name(&self) -> &'static str {
+        "generate"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "samples responses per prompt from a model and verifies their final answers"
+    }
+    fn ports(&self) -> &'static [Port] {
+        const PORTS: &[Port] = &[
+            Port::table(
+                "prompts",
+                "rows with `id` and `prompt` (and optionally the reference `answer`)",
+            ),
+            Port::model("model", "the model that generates"),
+        ];
+        PORTS
+    }
+    fn configure(
+        &self,
+        params: &Params,
+        _ctx: &ConfigureContext,
+    ) -> Result<Arc<dyn NodeKernel>, Diagnostics> {
+        let p: GenerateParams = params.parse()?;
+        p.check(params).into_result()?;
+        Ok(Arc::new(GenerateKernel { params: p }))
+    }
+}
+
+/// A configured `generate` node.
+pub struct GenerateKernel {
+    pub params: GenerateParams,
+}
+
+impl NodeKernel for GenerateKernel {
+    fn params_json(&self) -> serde_json::Value {
+        // `batch_size` only changes speed (per-request seeds), so it stays out of the
+        // fingerprint.
+        let mut v = serde_json::to_value(&self.params).unwrap_or_else(|_| json!({}));
+        if let Some(m) = v.as_object_mut() {
+            m.remove("batch_size");
+        }
+        v
+    }
+
+    fn required_columns(&self) -> Vec<(&'static str, Vec<String>)> {
+        vec![("prompts", vec!["id".into(), "prompt".into()])]
+    }
+
+    fn output_columns(&self, _inputs: &BTreeMap<String, Columns>) -> Columns {
+        Columns::exact(GENERATE_COLUMNS)
+    }
+
+    fn chunk_rows(&self) -> usize {
+        self.params.chunk_rows
+    }
+
+    fn run(&self, ctx: &mut RunContext) -> Result<(), OpError> {
+        let table = ctx.input_table("prompts")?;
+        let input = PromptColumns::new(&table)?;
+        let model_ref = ctx.input_model("model")?.clone();
+        let device = ctx.device.clone();
+        let mut model: Option<Model> = None;
+        let mut stats = Throughput::new();
+        ctx.run_chunks(table.num_rows(), self.params.chunk_rows, |ctx, range| {
+            if model.is_none() {
+                ctx.log(&format!("loading model `{}`", model_ref.name));
+                model = Some(load_checked(&model_ref, &device, &self.params)?);
+            }
+            let Some(m) = model.as_ref() else {
+                return Err(OpError::msg("model not loaded"));
+            };
+            let out = generate_chunk(ctx, m, &self.params, &input, range, &mut stats)?;
+            ctx.count(
+                "empty_prompts",
+                out.empty_prompts,
+                "prompts were empty and skipped",
+            );
+            ctx.count(
+                "prompts_too_long",
+                out.too_long,
+                "prompts did not fit the model's context with max_new_tokens and were skipped",
+            );
+            ctx.count(
+                "missing_ids",
+                out.missing_ids,
+                "prompt rows had no id and were skipped",
+            );
+            ctx.count(
+                "empty_responses",
+                out.empty_responses,
+                "responses were empty (kept)",
+            );
+            Ok(out.batch.into())
+        })?;
+        if stats.rollouts > 0 {
+            ctx.set_metric("rollouts_this_run", json!(stats.rollouts));
+            ctx.set_metric("tokens_this_run", json!(stats.tokens));
+            ctx.set_metric("tokens_per_s", json!(stats.tokens_per_s()));
+        }
+        Ok(())
+    }
+}
+
+fn load_checked(
+    model_ref: &ModelRef,
+    device: &str,
+    params: &GenerateParams,
+) -> Result<Model, OpError> {
+    let m = load_model(model_ref, device)?;
+    let max_pos = m.decoder.config().max_position_embeddings as usize;
+    if params.max_new_tokens >= max_pos {
+        return Err(OpError::msg(format!(
+            "max_new_tokens = {} leaves no room for a prompt: model `{}` has a context of {max_pos} tokens",
+            params.max_new_tokens, model_ref.name
+        )));
+    }
+    Ok(m)
+}
+
+/// Rollouts and tokens generated in this run, for progress and metrics.
+struct Throughput {
+    start: Instant,
+    rollouts: u64,
+    tokens: u64,
+}
+
+impl Throughput {
+    fn new() -> Self {
+        Throughput {
+            start: Instant::now(),
+            rollouts: 0,
+            tokens: 0,
+        }
+    }
+    fn tokens_per_s(&self) -> f64 {
+        self.tokens as f64 / self.start.elapsed().as_secs_f64().max(1e-9)
+    }
+    fn extra(&self) -> String {
+        let s = self.start.elapsed().as_secs_f64().max(1e-9);
+        format!(
+            "{:.1} rollouts/s, {:.0} tok/s",
+            self.rollouts as f64 / s,
+            self.tokens as f64 / s
+        )
+    }
+}
+
+/// The input columns, as text.
+pub(crate) struct PromptColumns {
+    id: StringArray,
+    prompt: StringArray,
+    answer: Option<StringArray>,
+}
+
+impl PromptColumns {
+    fn new(table: &RecordBatch) -> Result<Self, OpError> {
+        let need = |name: &str| {
+            utf8_column(table, name)?
+                .ok_or_else(|| OpError::msg(format!("the `prompts` table has no column `{name}`")))
+        };
+        Ok(PromptColumns {
+            id: need("id")?,
+            prompt: need("prompt")?,
+            answer: utf8_column(table, "answer")?,
+        })
+    }
+}
+
+/// A column of `table` cast to Utf8, if it exists.
+pub(crate) fn utf8_column(table: &RecordBatch, name: &str) -> Result<Option<StringArray>, OpError> {
+    let Some(col) = table.column_by_name(name) else {
+        return Ok(None);
+    };
+    let cast: ArrayRef = match col.data_type() {
+        DataType::Utf8 => col.clone(),
+        _ => arrow::compute::cast(col, &DataType::Utf8)
+            .map_err(|e| OpError::msg(format!("column `{name}` is not text: {e}")))?,
+    };
+    Ok(cast.as_any().downcast_ref::<StringArray>().cloned())
+}
+
+pub(crate) fn cell(a: &StringArray, i: usize) -> Option<&str> {
+    a.is_valid(i).then(|| a.value(i))
+}
+
+/// The reference answer of a cell, as `answer_format` reads it (null or blank: none).
+pub(crate) fn reference_answer(fmt: &AnswerFormat, raw: Option<&str>) -> Option<String> {
+    let raw = raw?.trim();
+    if raw.is_empty() {
+        return None;
+    }
+    fmt.extract_reference(raw).or_else(|| Some(raw.to_string()))
+}
+
+/// One prompt row ready to generate.
+struct PromptRow<'a> {
+    id: &'a str,
+    prompt: &'a str,
+    answer: Option<String>,
+    context: String,
+}
+
+struct ChunkResult {
+    batch: RecordBatch,
+    empty_prompts: u64,
+    too_long: u64,
+    missing_ids: u64,
+    empty_responses: u64,
+}
+
+fn generate_chunk(
+    ctx: &RunContext,
+    model: &Model,
+    p: &GenerateParams,
+    input: &PromptColumns,
+    range: Range<usize>,
+    stats: &mut Throughput,
+) -> Result<ChunkResult, OpError> {
+    let max_pos = model.decoder.config().max_position_embeddings as usize;
+    let max_prompt = max_pos.saturating_sub(p.max_new_tokens);
+    let (mut empty_prompts, mut too_long, mut missing_ids) = (0u64, 0u64, 0u64);
+    let mut rows: Vec<PromptRow> = Vec::new();
+    let mut requests: Vec<GenerationRequest> = Vec::new();
+    let mut owners: Vec<(usize, i32, u64)> = Vec::new();
+    for i in range {
+        let Some(id) = cell(&input.id, i) else {
+            missing_ids += 1;
+            continue;
+        };
+        let prompt = cell(&input.prompt, i).unwrap_or("");
+        if prompt.trim().is_empty() {
+            empty_prompts += 1;
+            continue;
+        }
+        let context = render_context(model, prompt, &p.prompt_template, p.chat_template)
+            .map_err(|e| OpError::msg(format!("prompt `{id}`: {e}")))?;
+        let ids = encode_context(model, &context)
+            .map_err(|e| OpError::msg(format!("prompt `{id}`: {e}")))?;
+        if ids.is_empty() {
+            empty_prompts += 1;
+            continue;
+        }
+        if ids.len() > max_prompt {
+            too_long += 1;
+            continue;
+        }
+        let answer = reference_answer(
+            &p.answer_format,
+            input.answer.as_ref().and_then(|a| cell(a, i)),
+        );
+        let r = rows.len();
+        for s in 0..p.samples {
+            let sample = s as i32;
+            let seed = ctx.row_seed(&[id.as_bytes(), &sample.to_le_bytes()]);
+            owners.push((r, sample, seed));
+            requests.push(GenerationRequest {
+                prompt_ids: ids.clone(),
+                params: SamplingParams {
+                    temperature: p.temperature,
+                    top_p: p.top_p,
+                    top_k: p.top_k,
+                    max_new_tokens: p.max_new_tokens,
+                    seed,
+                    stop: p.stop.clone(),
+                },
+            });
+        }
+        rows.push(PromptRow {
+            id,
+            prompt,
+            answer,
+            context,
+        });
+    }
+    let gen = Generator::new(
+        &model.decoder,
+        &model.tokenizer,
+        GeneratorConfig {
+            max_batch: p.batch_size,
+            eos_token_ids: model.eos_token_ids(),
+        },
+    );
+    let progress = ctx.progress;
+    let mut outputs: Vec<Option<GenerationOutput>> = vec![None; requests.len()];
+    gen.generate_with(&requests, |i, out| {
+        stats.rollouts += 1;
+        stats.tokens += out.n_tokens as u64;
+        progress.set_extra(&stats.extra());
+        outputs[i] = Some(out);
+    })
+    .map_err(|e| OpError::msg(format!("generation failed: {e}")))?;
+    let mut b = OutputBuilder::with_capacity(requests.len());
+    let mut empty_responses = 0u64;
+    for ((r, sample, seed), out) in owners.into_iter().zip(outputs) {
+        let out = out.ok_or_else(|| OpError::msg("a request never finished"))?;
+        if out.text.trim().is_empty() {
+            empty_responses += 1;
+        }
+        b.push(&rows[r], sample, seed, &out, &p.answer_format);
+    }
+    Ok(ChunkResult {
+        batch: b.finish()?,
+        empty_prompts,
+        too_long,
+        missing_ids,
+        empty_responses,
+    })
+}
+
+struct OutputBuilder {
+    rollout_id: StringBuilder,
+    id: StringBuilder,
+    sample: Int32Builder,
+    prompt: StringBuilder,
+    response: StringBuilder,
+    n_tokens: Int32Builder,
+    finish_reason: StringBuilder,
+    pred_answer: StringBuilder,
+    correct: BooleanBuilder,
+    seed: UInt64Builder,
+    answer: StringBuilder,
+    context: StringBuilder,
+}
+
+impl OutputBuilder {
+    fn with_capacity(n: usize) -> Self {
+        OutputBuilder {
+            rollout_id: StringBuilder::with_capacity(n, n * 8),
+            id: StringBuilder::with_capacity(n, n * 8),
+            sample: Int32Builder::with_capacity(n),
+            prompt: StringBuilder::with_capacity(n, n * 64),
+            response: StringBuilder::with_capacity(n, n * 256),
+            n_tokens: Int32Builder::with_capacity(n),
+            finish_reason: StringBuilder::with_capacity(n, n * 6),
+            pred_answer: StringBuilder::with_capacity(n, n * 4),
+            correct: BooleanBuilder::with_capacity(n),
+            seed: UInt64Builder::with_capacity(n),
+            answer: StringBuilder::with_capacity(n, n * 4),
+            context: StringBuilder::with_capacity(n, n * 64),
+        }
+    }
+
+    fn push(
+        &mut self,
+        row: &PromptRow,
+        sample: i32,
+        seed: u64,
+        out: &GenerationOutput,
+        fmt: &AnswerFormat,
+    ) {
+        self.rollout_id.append_value(format!("{}#{sample}", row.id));
+        self.id.append_value(row.id);
+        self.sample.append_value(sample);
+        self.prompt.append_value(row.prompt);
+        self.response.append_value(&out.text);
+        self.n_tokens
+            .append_value(i32::try_from(out.n_tokens).unwrap_or(i32::MAX));
+        self.finish_reason.append_value(match out.finish_reason {
+            FinishReason::Length => "length",
+            FinishReason::Stop | FinishReason::Eos => "stop",
+        });
+        let pred = fmt.extract(&out.text);
+        self.pred_answer.append_option(pred.as_deref());
+        self.correct.append_option(
+            row.answer
+                .as_deref()
+                .map(|r| pred.as_deref().is_some_and(|p| fmt.verify(p, r))),
+        );
+        self.seed.append_value(seed);
+        self.answer.append_option(row.answer.as_deref());
+        self.context.append_value(&row.context);
+    }
+
+    fn finish(mut self) -> Result<RecordBatch, OpError> {
+        let fields = vec![
+            Field::new("rollout_id", DataType::Utf8, false),
+            Field::new("id", DataType::Utf8, false),
+            Field::new("sample", DataType::Int32, false),
+            Field::new("prompt", DataType::Utf8, false),
+            Field::new("response", DataType::Utf8, false),
+            Field::new("n_tokens", DataType::Int32, false),
+            Field::new("finish_reason", DataType::Utf8, false),
+            Field::new("pred_answer", DataType::Utf8, true),
+            Field::new("correct", DataType::Boolean, true),
+            Field::new("seed", DataType::UInt64, false),
+            Field::new("answer", DataType::Utf8, true),
+            Field::new("context", DataType::Utf8, false),
+        ];
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.rollout_id.finish()),
+            Arc::new(self.id.finish()),
+            Arc::new(self.sample.finish()),
+            Arc::new(self.prompt.finish()),
+            Arc::new(self.response.finish()),
+            Arc::new(self.n_tokens.finish()),
+            Arc::new(self.finish_reason.finish()),
+            Arc::new(self.pred_answer.finish()),
+            Arc::new(self.correct.finish()),
+            Arc::new(self.seed.finish()),
+            Arc::new(self.answer.finish()),
+            Arc::new(self.context.finish()),
+        ];
+        Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+    }
+}

@@ -1,0 +1,306 @@
+//! Loading the model bound to a `model` port.
+//!
+//! * `models: {base: {path: DIR}}` or a `train` node's artifact arrive as
+//!   [`ModelSource::Dir`]: a Hugging Face directory, loaded with [`Model::load_dir`].
+//! * `models: {base: {builtin: NAME}}` arrives as [`ModelSource::Builtin`]: a tiny
+//!   architecture with random weights ([`Model::builtin`]), paired with a tokenizer
+//!   written for it (`tiny-synth`: the synthetic task's tokenizer; `tiny-test`: a
+//!   byte-level tokenizer, [`write_byte_tokenizer`]). Random weights are only useful for
+//!   tests and as the starting point of `train`.
+//!
+//! dtype: the `dtype` key of the `models:` entry (`fp32`, `bf16`, `fp16`) when written;
+//! otherwise the directory's `config.json` `torch_dtype` on CUDA and fp32 on the CPU
+//! (bf16 on a CPU without native support is slow, and fp16 gains nothing there).
+//! Built-in models default to fp32 everywhere.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{json, Value};
+use sspo_engine::{ModelRef, ModelSource, OpError};
+use sspo_model::{parse_device, DType, LoadOptions, Model};
+use tch::Device;
+
+/// Loads the model of a port on `device` (`auto | cpu | cuda | cuda:N`).
+pub fn load_model(model: &ModelRef, device: &str) -> Result<Model, OpError> {
+    let dev = parse_device(device)
+        .map_err(|e| OpError::msg(format!("model `{}`: device {device:?}: {e}", model.name)))?;
+    let dtype = choose_dtype(model, dev)?;
+    let opts = LoadOptions { dtype, device: dev };
+    match &model.source {
+        ModelSource::Dir(dir) => load_dir(model, dir, &opts),
+        ModelSource::Builtin(name) => load_builtin(model, name, &opts),
+    }
+}
+
+/// The seed of a built-in model's random weights: a function of its name only, so every
+/// node (and every run) that names the same built-in model gets the same weights, and the
+/// model's identity in fingerprints (name and options) fully determines them.
+pub fn builtin_seed(name: &str) -> u64 {
+    let h = blake3::hash(format!("sspo builtin model {name}").as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    u64::from_le_bytes(b)
+}
+
+fn choose_dtype(model: &ModelRef, dev: Device) -> Result<DType, OpError> {
+    if let Some(v) = model.options.get("dtype") {
+        let s = v.as_str().ok_or_else(|| {
+            OpError::msg(format!(
+                "model `{}`: `dtype` must be a string (fp32, bf16, fp16), found {v}",
+                model.name
+            ))
+        })?;
+        return DType::from_str(s)
+            .map_err(|e| OpError::msg(format!("model `{}`: {e}", model.name)));
+    }
+    if dev == Device::Cpu {
+        return Ok(DType::F32);
+    }
+    match &model.source {
+        ModelSource::Dir(dir) => Ok(config_dtype(&dir.join("config.json")).unwrap_or(DType::F32)),
+        ModelSource::Builtin(_) => Ok(DType::F32),
+    }
+}
+
+/// `torch_dtype` of a `config.json`, when it names one we run.
+fn config_dtype(path: &Path) -> Option<DType> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    let name = v
+        .get("torch_dtype")
+        .or_else(|| v.get("dtype"))
+        .and_then(Value::as_str)?;
+    DType::from_str(name).ok()
+}
+
+fn load_dir(model: &ModelRef, dir: &Path, opts: &LoadOptions) -> Result<Model, OpError> {
+    let who = format!("model `{}` ({})", model.name, dir.display());
+    if !dir.is_dir() {
+        return Err(OpError::msg(format!("{who}: no such directory")));
+    }
+    for f in ["config.json", "tokenizer.json"] {
+        if !dir.join(f).is_file() {
+            return Err(OpError::msg(format!("{who}: missing {f}")));
+        }
+    }
+    let has_weights = dir.join("model.safetensors").is_file()
+        || dir.join("model.safetensors.index.json").is_file();
+    if !has_weights {
+        return Err(OpError::msg(format!(
+            "{who}: missing weights (model.safetensors or model.safetensors.index.json)"
+        )));
+    }
+    Model::load_dir(dir, opts).map_err(|e| OpError::msg(format!("{who}: {e}")))
+}
+
+fn load_builtin(model: &ModelRef, name: &str, opts: &LoadOptions) -> Result<Model, OpError> {
+    let who = format!("model `{}` (builtin {name})", model.name);
+    let dir = TempDir::new("builtin-tokenizer")
+        .map_err(|e| OpError::msg(format!("{who}: temporary directory: {e}")))?;
+    match name {
+        "tiny-test" => write_byte_tokenizer(dir.path())
+            .map_err(|e| OpError::msg(format!("{who}: writing its tokenizer: {e}")))?,
+        _ => write_task_tokenizer(name, dir.path())
+            .map_err(|e| OpError::msg(format!("{who}: {e}")))?,
+    }
+    Model::builtin(name, dir.path(), opts, builtin_seed(name))
+        .map_err(|e| OpError::msg(format!("{who}: {e}")))
+}
+
+/// The tokenizer of a built-in model other than `tiny-test`.
+fn write_task_tokenizer(name: &str, _dir: &Path) -> Result<(), String> {
+    match name {
+        "tiny-synth" => Err(
+            "the synthetic task's tokenizer is not available in this build; use `tiny-test` \
+             (byte-level tokenizer) or a model directory"
+                .into(),
+        ),
+        other => Err(format!(
+            "unknown built-in model `{other}` (known: {})",
+            sspo_model::builtin::BUILTIN_NAMES.join(", ")
+        )),
+    }
+}
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> std::io::Result<Self> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!(
+            "sspo-{tag}-{}-{}-{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p)?;
+        Ok(TempDir(p))
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// ChatML, as used by Qwen2 instruct models.
+pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+/// Words that get a single token in the byte-level tokenizer (with and without a leading
+/// space), so the verbal probe's yes / no forms exist.
+const BYTE_TOKENIZER_WORDS: &[&str] = &["Yes", "yes", "No", "no"];
+
+/// GPT-2's byte-to-unicode table.
+fn byte_chars() -> Vec<char> {
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut table = vec![' '; 256];
+    for (b, c) in bs.iter().zip(cs) {
+        table[*b as usize] = char::from_u32(c).unwrap_or(' ');
+    }
+    table
+}
+
+/// Writes the `tiny-test` tokenizer into `dir`: byte-level BPE with one token per byte
+/// (ids 0-255), single tokens for `Yes`, `yes`, `No`, `no` and their space-prefixed forms,
+/// then `<|endoftext|>`, `<|im_start|>`, `<|im_end|>` (the eos token), and a ChatML
+/// `tokenizer_config.json`. Any text round-trips through it.
+pub fn write_byte_tokenizer(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let table = byte_chars();
+    let mut vocab = serde_json::Map::new();
+    for (i, c) in table.iter().enumerate() {
+        vocab.insert(c.to_string(), json!(i));
+    }
+    let space = table[b' ' as usize];
+    let mut merges: Vec<String> = Vec::new();
+    let add = |tok: String, vocab: &mut serde_json::Map<String, Value>| {
+        if !vocab.contains_key(&tok) {
+            let id = vocab.len();
+            vocab.insert(tok, json!(id));
+        }
+    };
+    for w in BYTE_TOKENIZER_WORDS {
+        let chars: Vec<char> = w.chars().collect();
+        let mut acc = chars[0].to_string();
+        for c in &chars[1..] {
+            merges.push(format!("{acc} {c}"));
+            acc.push(*c);
+            add(acc.clone(), &mut vocab);
+        }
+        merges.push(format!("{space} {acc}"));
+        add(format!("{space}{acc}"), &mut vocab);
+    }
+    let first_special = vocab.len();
+    let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+    let added: Vec<Value> = specials
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            json!({"id": first_special + i, "content": s, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let tok = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": merges}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string())?;
+    let cfg = json!({
+        "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "bos_token": null,
+        "chat_template": CHATML_TEMPLATE, "tokenizer_class": "PreTrainedTokenizerFast"
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string())
+}
+
+/// The text a model is fed for `prompt`: `prompt_template` (with `{prompt}` replaced),
+/// then, with `chat_template`, the model's chat template around one user message with
+/// the generation prompt. Without the chat template, a BOS token that the tokenizer's
+/// post-processor would add is written out as text, so that the returned string,
+/// tokenised **without** special tokens, is exactly the model's input.
+pub fn render_context(
+    model: &Model,
+    prompt: &str,
+    prompt_template: &str,
+    chat_template: bool,
+) -> Result<String, String> {
+    let text = prompt_template.replace("{prompt}", prompt);
+    if chat_template {
+        let messages = json!([{"role": "user", "content": text}]);
+        return model
+            .apply_chat_template(&messages, true)
+            .map_err(|e| format!("chat template: {e}"));
+    }
+    match bos_prefix(model) {
+        Some(bos) if !text.starts_with(&bos) => Ok(format!("{bos}{text}")),
+        _ => Ok(text),
+    }
+}
+
+/// The BOS token text when the tokenizer adds one on its own.
+fn bos_prefix(model: &Model) -> Option<String> {
+    let bos_text = model.tokenizer.special_token("bos_token")?;
+    let bos = model.tokenizer.token_to_id(&bos_text)?;
+    let with = model.tokenizer.encode("a", true).ok()?;
+    (with.first() == Some(&bos)).then_some(bos_text)
+}
+
+/// Tokenises a rendered context (no special tokens added: they are in the text).
+pub fn encode_context(model: &Model, context: &str) -> Result<Vec<i64>, String> {
+    model
+        .tokenizer
+        .encode(context, false)
+        .map_err(|e| format!("tokenizer: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_tokenizer_has_single_token_yes_no_and_round_trips() {
+        let dir = TempDir::new("tok-test").unwrap();
+        write_byte_tokenizer(dir.path()).unwrap();
+        let tok = sspo_model::TextTokenizer::from_dir(dir.path()).unwrap();
+        for w in [" Yes", "Yes", " yes", " No", "No", " no"] {
+            assert_eq!(tok.encode(w, false).unwrap().len(), 1, "{w:?}");
+        }
+        let text = "Q: 2+3 = ?\n\nStep 1 — ünïcode ✓. The answer is 5.";
+        let ids = tok.encode(text, false).unwrap();
+        assert_eq!(tok.decode(&ids, true).unwrap(), text);
+        assert!(tok.eos_token_id().is_some());
+    }
+
+    #[test]
+    fn builtin_seed_depends_on_name_only() {
+        assert_eq!(builtin_seed("tiny-test"), builtin_seed("tiny-test"));
+        assert_ne!(builtin_seed("tiny-test"), builtin_seed("tiny-synth"));
+    }
+}
