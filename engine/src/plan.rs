@@ -63,7 +63,7 @@ pub enum PlanError {
 impl Plan {
     /// Checks everything that can be checked without running; reports every problem.
     pub fn build(pipeline: Pipeline, registry: &Registry) -> Result<Plan, Diagnostics> {
-        let mut diags = Diagnostics::new();
+        let mut diags = pipeline.problems.clone();
         let ids: Vec<&str> = pipeline.nodes.iter().map(|n| n.id.as_str()).collect();
         let model_names: Vec<&str> = pipeline.models.keys().map(String::as_str).collect();
 
@@ -483,6 +483,10 @@ fn find_cycle(deps: &[Vec<usize>], done: &[bool]) -> Vec<usize> {
             // `path[pos..]` is a chain of "depends on"; report it in data-flow order.
             let mut cycle: Vec<usize> = path[pos..].to_vec();
             cycle.reverse();
+            // Start at the node written first, so the message is stable.
+            if let Some(first) = (0..cycle.len()).min_by_key(|&i| cycle[i]) {
+                cycle.rotate_left(first);
+            }
             return cycle;
         }
         path.push(next);

@@ -59,6 +59,9 @@ pub struct Pipeline {
     /// The spec file's directory: relative paths resolve against it.
     pub base_dir: PathBuf,
     pub path: PathBuf,
+    /// Problems found in the file's shape that did not stop it from being read; the
+    /// plan reports them together with its own, so `validate` shows every error at once.
+    pub problems: Diagnostics,
 }
 
 impl Pipeline {
@@ -225,7 +228,6 @@ fn from_tree(root: &Node, path: &Path, base_dir: PathBuf) -> Result<Pipeline, Di
             "the pipeline has no `nodes`",
         )),
     }
-    diags.into_result()?;
     Ok(Pipeline {
         name,
         seed,
@@ -234,6 +236,7 @@ fn from_tree(root: &Node, path: &Path, base_dir: PathBuf) -> Result<Pipeline, Di
         nodes,
         base_dir,
         path: path.to_path_buf(),
+        problems: diags,
     })
 }
 
@@ -533,7 +536,8 @@ mod tests {
             "nmae: demo\nseed: -1\ndevice: gpu\nnodes:\n  a: {opp: source}\n  b: {op: segment, inptus: {}}\n",
             &[],
         )
-        .unwrap_err()
+        .unwrap()
+        .problems
         .sorted();
         let text = err.to_string();
         assert!(
@@ -566,7 +570,7 @@ mod tests {
         .unwrap();
         assert_eq!(p.seed, 9);
         assert_eq!(p.nodes[0].params.get(&["n"]).unwrap().to_json(), 5);
-        let err = load("nodes: {}\n", &["sede=1"]).unwrap_err();
+        let err = load("nodes: {}\n", &["sede=1"]).unwrap().problems;
         let d = &err.0[0];
         assert_eq!(
             d.loc.as_ref().map(|l| l.source.to_string()),
