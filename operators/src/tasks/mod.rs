@@ -3,5 +3,6 @@
 //! model's answers).
 
 pub mod answer;
+pub mod synth;
 
 pub use answer::{verify, AnswerFormat};
