@@ -21,6 +21,8 @@ CARGO ?= cargo
 
 demo: release
 	./target/release/sspo-run pipelines/quickstart.yaml
+	./target/release/sspo-run sql pipelines/quickstart.yaml \
+	  "SELECT p.split, count(DISTINCT p.id) AS problems, count(*) AS steps, round(avg(s.char_end - s.char_start), 1) AS mean_step_chars FROM steps s JOIN problems p ON s.id = p.id GROUP BY p.split ORDER BY p.split"
 
 test: build
 	$(CARGO) test --workspace --all-targets
@@ -44,7 +46,7 @@ lint: $(VENV_STAMP)
 
 bench: $(VENV_STAMP)
 	$(CARGO) build --release --bin sspo-run
-	./target/release/sspo-run bench all
+	scripts/bench/engine.sh
 
 clean-venv:
 	rm -rf $(VENV)

@@ -63,7 +63,11 @@ impl FromStr for DType {
 /// Parses `auto`, `cpu`, `cuda` or `cuda:N`. `auto` picks CUDA device 0 when available.
 pub fn parse_device(s: &str) -> Result<Device> {
     let bad = |why: &str| ModelError::Device(s.to_string(), why.to_string());
-    match s.trim().to_ascii_lowercase().as_str() {
+    let wanted = s.trim().to_ascii_lowercase();
+    if wanted != "cpu" {
+        load_cuda_backend();
+    }
+    match wanted.as_str() {
         "auto" => Ok(Device::cuda_if_available()),
         "cpu" => Ok(Device::Cpu),
         "cuda" | "gpu" => {
@@ -124,4 +128,29 @@ pub fn check_dtype_supported(dtype: DType, device: Device) -> Result<()> {
         device: device_name(device),
         reason: e.to_string().lines().next().unwrap_or("").to_string(),
     })
+}
+
+/// Loads libtorch's CUDA backend once, if the libtorch we were built against has one.
+///
+/// The binaries do not link `libtorch_cuda.so` (that would load every CUDA library at
+/// start-up, GPU or not); its static initialisers register the CUDA device with libtorch
+/// when it is loaded, so loading it before the first CUDA query is enough.
+pub fn load_cuda_backend() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Some(dir) = option_env!("SSPO_LIBTORCH_LIB") else {
+            return;
+        };
+        let path = std::path::Path::new(dir).join("libtorch_cuda.so");
+        if !path.exists() {
+            return;
+        }
+        let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+            return;
+        };
+        // SAFETY: dlopen with a valid NUL-terminated path; the handle is intentionally
+        // never closed (the backend stays registered for the life of the process).
+        // A null handle means no usable CUDA runtime here (e.g. no driver): stay on CPU.
+        let _handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+    });
 }
