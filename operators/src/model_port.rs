@@ -4,8 +4,9 @@
 //!   [`ModelSource::Dir`]: a Hugging Face directory, loaded with [`Model::load_dir`].
 //! * `models: {base: {builtin: NAME}}` arrives as [`ModelSource::Builtin`]: a tiny
 //!   architecture with random weights ([`Model::builtin`]), paired with a tokenizer
-//!   written for it (`tiny-synth`: the synthetic task's tokenizer; `tiny-test`: a
-//!   byte-level tokenizer, [`write_byte_tokenizer`]). Random weights are only useful for
+//!   written for it (`tiny-synth`: the synthetic task's tokenizer,
+//!   [`crate::tasks::synth::write_tokenizer`]; `tiny-test`: a byte-level tokenizer,
+//!   [`write_byte_tokenizer`]). Random weights are only useful for
 //!   tests and as the starting point of `train`.
 //!
 //! dtype: the `dtype` key of the `models:` entry (`fp32`, `bf16`, `fp16`) when written;
@@ -110,13 +111,11 @@ fn load_builtin(model: &ModelRef, name: &str, opts: &LoadOptions) -> Result<Mode
 }
 
 /// The tokenizer of a built-in model other than `tiny-test`.
-fn write_task_tokenizer(name: &str, _dir: &Path) -> Result<(), String> {
+fn write_task_tokenizer(name: &str, dir: &Path) -> Result<(), String> {
     match name {
-        "tiny-synth" => Err(
-            "the synthetic task's tokenizer is not available in this build; use `tiny-test` \
-             (byte-level tokenizer) or a model directory"
-                .into(),
-        ),
+        "tiny-synth" => crate::tasks::synth::write_tokenizer(dir)
+            .map(|_| ())
+            .map_err(|e| format!("writing the synthetic task's tokenizer: {e}")),
         other => Err(format!(
             "unknown built-in model `{other}` (known: {})",
             sspo_model::builtin::BUILTIN_NAMES.join(", ")
@@ -302,5 +301,46 @@ mod tests {
     fn builtin_seed_depends_on_name_only() {
         assert_eq!(builtin_seed("tiny-test"), builtin_seed("tiny-test"));
         assert_ne!(builtin_seed("tiny-test"), builtin_seed("tiny-synth"));
+    }
+
+    #[test]
+    fn builtin_models_load_with_their_tokenizers() {
+        let r = |name: &str| ModelRef {
+            name: "base".into(),
+            source: ModelSource::Builtin(name.into()),
+            options: Default::default(),
+            identity: String::new(),
+        };
+        let synth = load_model(&r("tiny-synth"), "cpu").unwrap();
+        assert_eq!(synth.decoder.config().hidden_size, 128);
+        assert!(!synth.eos_token_ids().is_empty());
+        let err = load_model(&r("tiny-huge"), "cpu").unwrap_err().to_string();
+        assert!(err.contains("unknown built-in model `tiny-huge`"), "{err}");
+        let mut bad = r("tiny-test");
+        bad.options.insert("dtype".into(), json!("fp8"));
+        let err = load_model(&bad, "cpu").unwrap_err().to_string();
+        assert!(err.contains("model `base`") && err.contains("fp8"), "{err}");
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let dir = TempDir::new("bad-model").unwrap();
+        let r = ModelRef {
+            name: "mine".into(),
+            source: ModelSource::Dir(dir.path().to_path_buf()),
+            options: Default::default(),
+            identity: String::new(),
+        };
+        let err = load_model(&r, "cpu").unwrap_err().to_string();
+        assert!(
+            err.contains("model `mine`") && err.contains("missing config.json"),
+            "{err}"
+        );
+        std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+        let err = load_model(&r, "cpu").unwrap_err().to_string();
+        assert!(err.contains("missing tokenizer.json"), "{err}");
+        write_byte_tokenizer(dir.path()).unwrap();
+        let err = load_model(&r, "cpu").unwrap_err().to_string();
+        assert!(err.contains("missing weights"), "{err}");
     }
 }
