@@ -320,14 +320,15 @@ impl Throughput {
 }
 
 /// The input columns, as text.
-pub(crate) struct PromptColumns {
+pub struct PromptColumns {
     id: StringArray,
     prompt: StringArray,
     answer: Option<StringArray>,
 }
 
 impl PromptColumns {
-    fn new(table: &RecordBatch) -> Result<Self, OpError> {
+    /// The `id`, `prompt` and (optional) `answer` columns of `table`, as text.
+    pub fn new(table: &RecordBatch) -> Result<Self, OpError> {
         let need = |name: &str| {
             utf8_column(table, name)?
                 .ok_or_else(|| OpError::msg(format!("the `prompts` table has no column `{name}`")))
@@ -367,7 +368,7 @@ pub(crate) fn reference_answer(fmt: &AnswerFormat, raw: Option<&str>) -> Option<
 }
 
 /// One prompt row ready to generate.
-struct PromptRow<'a> {
+pub(crate) struct PromptRow<'a> {
     id: &'a str,
     prompt: &'a str,
     answer: Option<String>,
@@ -382,28 +383,45 @@ struct ChunkResult {
     empty_responses: u64,
 }
 
-fn generate_chunk(
-    ctx: &RunContext,
+/// The requests of a chunk of prompt rows, and the rows that were skipped.
+pub(crate) struct Prepared<'a> {
+    rows: Vec<PromptRow<'a>>,
+    requests: Vec<GenerationRequest>,
+    /// `(index into rows, sample, seed)` of each request.
+    owners: Vec<(usize, i32, u64)>,
+    empty_prompts: u64,
+    too_long: u64,
+    missing_ids: u64,
+}
+
+/// Renders and tokenises the prompts of `range`, skipping (and counting) rows without an
+/// id, with an empty prompt, or whose prompt leaves fewer than `max_new_tokens` positions
+/// of the model's context; `seed_of(id, sample)` gives each request's seed.
+pub(crate) fn prepare<'a>(
     model: &Model,
     p: &GenerateParams,
-    input: &PromptColumns,
+    input: &'a PromptColumns,
     range: Range<usize>,
-    stats: &mut Throughput,
-) -> Result<ChunkResult, OpError> {
+    seed_of: impl Fn(&str, i32) -> u64,
+) -> Result<Prepared<'a>, OpError> {
     let max_pos = model.decoder.config().max_position_embeddings as usize;
     let max_prompt = max_pos.saturating_sub(p.max_new_tokens);
-    let (mut empty_prompts, mut too_long, mut missing_ids) = (0u64, 0u64, 0u64);
-    let mut rows: Vec<PromptRow> = Vec::new();
-    let mut requests: Vec<GenerationRequest> = Vec::new();
-    let mut owners: Vec<(usize, i32, u64)> = Vec::new();
+    let mut out = Prepared {
+        rows: Vec::new(),
+        requests: Vec::new(),
+        owners: Vec::new(),
+        empty_prompts: 0,
+        too_long: 0,
+        missing_ids: 0,
+    };
     for i in range {
         let Some(id) = cell(&input.id, i) else {
-            missing_ids += 1;
+            out.missing_ids += 1;
             continue;
         };
         let prompt = cell(&input.prompt, i).unwrap_or("");
         if prompt.trim().is_empty() {
-            empty_prompts += 1;
+            out.empty_prompts += 1;
             continue;
         }
         let context = render_context(model, prompt, &p.prompt_template, p.chat_template)
@@ -411,23 +429,23 @@ fn generate_chunk(
         let ids = encode_context(model, &context)
             .map_err(|e| OpError::msg(format!("prompt `{id}`: {e}")))?;
         if ids.is_empty() {
-            empty_prompts += 1;
+            out.empty_prompts += 1;
             continue;
         }
         if ids.len() > max_prompt {
-            too_long += 1;
+            out.too_long += 1;
             continue;
         }
         let answer = reference_answer(
             &p.answer_format,
             input.answer.as_ref().and_then(|a| cell(a, i)),
         );
-        let r = rows.len();
+        let r = out.rows.len();
         for s in 0..p.samples {
             let sample = s as i32;
-            let seed = ctx.row_seed(&[id.as_bytes(), &sample.to_le_bytes()]);
-            owners.push((r, sample, seed));
-            requests.push(GenerationRequest {
+            let seed = seed_of(id, sample);
+            out.owners.push((r, sample, seed));
+            out.requests.push(GenerationRequest {
                 prompt_ids: ids.clone(),
                 params: SamplingParams {
                     temperature: p.temperature,
@@ -439,13 +457,34 @@ fn generate_chunk(
                 },
             });
         }
-        rows.push(PromptRow {
+        out.rows.push(PromptRow {
             id,
             prompt,
             answer,
             context,
         });
     }
+    Ok(out)
+}
+
+fn generate_chunk(
+    ctx: &RunContext,
+    model: &Model,
+    p: &GenerateParams,
+    input: &PromptColumns,
+    range: Range<usize>,
+    stats: &mut Throughput,
+) -> Result<ChunkResult, OpError> {
+    let Prepared {
+        rows,
+        requests,
+        owners,
+        empty_prompts,
+        too_long,
+        missing_ids,
+    } = prepare(model, p, input, range, |id, sample| {
+        ctx.row_seed(&[id.as_bytes(), &sample.to_le_bytes()])
+    })?;
     let gen = Generator::new(
         &model.decoder,
         &model.tokenizer,
@@ -575,5 +614,128 @@ impl OutputBuilder {
             Arc::new(self.context.finish()),
         ];
         Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sspo_engine::ModelSource;
+
+    fn tiny() -> Model {
+        let r = ModelRef {
+            name: "base".into(),
+            source: ModelSource::Builtin("tiny-test".into()),
+            options: Default::default(),
+            identity: String::new(),
+        };
+        load_model(&r, "cpu").unwrap()
+    }
+
+    #[test]
+    fn prepare_skips_and_counts_bad_rows() {
+        let model = tiny();
+        let long = "x".repeat(600);
+        let input = PromptColumns {
+            id: StringArray::from(vec![Some("a"), None, Some("c"), Some("d"), Some("e")]),
+            prompt: StringArray::from(vec![
+                Some("2+3?"),
+                Some("no id"),
+                Some("   "),
+                Some(long.as_str()),
+                None,
+            ]),
+            answer: Some(StringArray::from(vec![
+                Some("#### 5"),
+                None,
+                None,
+                None,
+                None,
+            ])),
+        };
+        let p = GenerateParams {
+            samples: 2,
+            max_new_tokens: 16,
+            ..Default::default()
+        };
+        let prep = prepare(&model, &p, &input, 0..5, |id, s| {
+            id.len() as u64 * 10 + s as u64
+        })
+        .unwrap();
+        assert_eq!(prep.rows.len(), 1);
+        assert_eq!(prep.rows[0].answer.as_deref(), Some("5"));
+        assert_eq!(prep.requests.len(), 2);
+        assert_eq!(prep.owners, vec![(0, 0, 10), (0, 1, 11)]);
+        assert_eq!(prep.missing_ids, 1);
+        assert_eq!(prep.empty_prompts, 2);
+        assert_eq!(prep.too_long, 1);
+        assert_eq!(prep.requests[0].prompt_ids.len(), 4);
+    }
+
+    #[test]
+    fn prompt_template_and_chat_template_shape_the_context() {
+        let model = tiny();
+        let input = PromptColumns {
+            id: StringArray::from(vec!["a"]),
+            prompt: StringArray::from(vec!["2+3?"]),
+            answer: None,
+        };
+        let p = GenerateParams {
+            samples: 1,
+            prompt_template: "Q: {prompt}\nA:".into(),
+            chat_template: true,
+            ..Default::default()
+        };
+        let prep = prepare(&model, &p, &input, 0..1, |_, _| 0).unwrap();
+        assert_eq!(
+            prep.rows[0].context,
+            "<|im_start|>user\nQ: 2+3?\nA:<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let ids = &prep.requests[0].prompt_ids;
+        assert_eq!(
+            model.tokenizer.decode(ids, false).unwrap(),
+            prep.rows[0].context
+        );
+        assert!(prep.rows[0].answer.is_none());
+    }
+
+    #[test]
+    fn rows_without_reference_have_null_correct() {
+        let row = PromptRow {
+            id: "a",
+            prompt: "p",
+            answer: None,
+            context: "p".into(),
+        };
+        let with_ref = PromptRow {
+            answer: Some("5".into()),
+            ..PromptRow {
+                id: "b",
+                prompt: "p",
+                answer: None,
+                context: "p".into(),
+            }
+        };
+        let out = GenerationOutput {
+            token_ids: vec![1, 2],
+            text: "so the answer is 5.".into(),
+            finish_reason: FinishReason::Eos,
+            n_tokens: 2,
+        };
+        let mut b = OutputBuilder::with_capacity(2);
+        b.push(&row, 0, 1, &out, &AnswerFormat::Auto);
+        b.push(&with_ref, 1, 2, &out, &AnswerFormat::Auto);
+        let batch = b.finish().unwrap();
+        let correct = batch.column_by_name("correct").unwrap();
+        let correct = correct
+            .as_any()
+            .downcast_ref::<arrow::array::BooleanArray>()
+            .unwrap();
+        assert!(correct.is_null(0));
+        assert!(correct.value(1));
+        let fr = utf8_column(&batch, "finish_reason").unwrap().unwrap();
+        assert_eq!(fr.value(0), "stop");
+        let pred = utf8_column(&batch, "pred_answer").unwrap().unwrap();
+        assert_eq!(pred.value(0), "5");
     }
 }
