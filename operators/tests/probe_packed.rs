@@ -1,0 +1,283 @@
+//! Packed probing (all boundaries of a trace in one forward pass) against the naive
+//! computation (one forward per boundary), the model crate's scoring and greedy generation,
+//! on the built-in `tiny-test` model with random weights.
+
+use sspo_engine::{ModelRef, ModelSource};
+use sspo_model::{
+    continuation_logprobs, GenerationRequest, Generator, GeneratorConfig, Model, SamplingParams,
+    ScoreRequest,
+};
+use sspo_operators::model_port::load_model;
+use sspo_operators::probe::{
+    answer_continuation, cut_early_answer, probe_trace, trace_tokens, BoundaryProbe, Packing,
+    ProbeKind, ProbeParams, ProbeSetup, TraceTokens,
+};
+
+fn tiny() -> Model {
+    load_model(
+        &ModelRef {
+            name: "base".into(),
+            source: ModelSource::Builtin("tiny-test".into()),
+            options: Default::default(),
+            identity: String::new(),
+        },
+        "cpu",
+    )
+    .unwrap()
+}
+
+const CONTEXT: &str =
+    "Question: Tom has 3 apples and buys 4 more, then eats 2. How many are left?\nAnswer:";
+
+const STEPS: [&str; 9] = [
+    " Tom starts with 3 apples.\n\n",
+    "He buys 4 more: 3 + 4 = 7.\n\n",
+    "He eats 2: 7 - 2 = 5.\n\n",
+    "Let me check: 3 + 4 is 7.\n\n",
+    "And 7 - 2 is 5.\n\n",
+    "Check again: 5 + 2 = 7.\n\n",
+    "Yes, 7 - 2 = 5.\n\n",
+    "So 5 apples are left.\n\n",
+    "The answer is 5.",
+];
+
+fn trace(model: &Model) -> TraceTokens {
+    trace_tokens(&model.tokenizer, CONTEXT, &STEPS).unwrap()
+}
+
+fn setup(model: &Model, kind: ProbeKind) -> ProbeSetup {
+    ProbeSetup::new(
+        model,
+        &ProbeParams {
+            kind,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+fn answer_ids(model: &Model) -> Vec<i64> {
+    model
+        .tokenizer
+        .encode(
+            &answer_continuation(sspo_operators::probe::DEFAULT_TRIGGER, "5"),
+            false,
+        )
+        .unwrap()
+}
+
+fn close(a: Option<f64>, b: Option<f64>, what: &str) {
+    match (a, b) {
+        (Some(x), Some(y)) => assert!((x - y).abs() < 1e-4, "{what}: {x} vs {y}"),
+        (None, None) => {}
+        _ => panic!("{what}: {a:?} vs {b:?}"),
+    }
+}
+
+fn assert_same(packed: &[BoundaryProbe], naive: &[BoundaryProbe]) {
+    assert_eq!(packed.len(), naive.len());
+    for (k, (p, n)) in packed.iter().zip(naive).enumerate() {
+        close(p.p_yes, n.p_yes, &format!("p_yes at {k}"));
+        close(p.p_no, n.p_no, &format!("p_no at {k}"));
+        close(
+            p.answer_logprob,
+            n.answer_logprob,
+            &format!("answer_logprob at {k}"),
+        );
+        close(p.value(), n.value(), &format!("value at {k}"));
+        assert_eq!(p.early_ids, n.early_ids, "early answer at {k}");
+    }
+}
+
+#[test]
+fn trace_tokenisation_rule() {
+    let model = tiny();
+    let t = trace(&model);
+    assert_eq!(t.boundaries.len(), STEPS.len() + 1);
+    assert_eq!(t.boundaries[0], t.context_len);
+    assert_eq!(
+        model.tokenizer.decode(&t.ids, false).unwrap(),
+        format!("{CONTEXT}{}", STEPS.concat())
+    );
+    let mut pos = t.context_len;
+    for (k, &(s, e)) in t.step_spans.iter().enumerate() {
+        assert_eq!(s, pos, "steps are contiguous");
+        let b = t.boundaries[k + 1];
+        assert!(s <= b && b <= e);
+        // The boundary is the step without its trailing whitespace.
+        assert_eq!(
+            model.tokenizer.decode(&t.ids[s..b], false).unwrap(),
+            STEPS[k].trim_end()
+        );
+        pos = e;
+    }
+    assert_eq!(pos, t.ids.len());
+}
+
+#[test]
+fn packed_equals_naive_for_both_kinds() {
+    let model = tiny();
+    let t = trace(&model);
+    let a = answer_ids(&model);
+    for kind in [ProbeKind::Verbal, ProbeKind::Answer] {
+        let s = setup(&model, kind);
+        let ans = (kind == ProbeKind::Answer).then_some(a.as_slice());
+        let packed = probe_trace(
+            &model,
+            &s,
+            &t.ids,
+            &t.boundaries,
+            ans,
+            Packing::Packed {
+                max_tokens: 1 << 20,
+            },
+        )
+        .unwrap();
+        let naive = probe_trace(&model, &s, &t.ids, &t.boundaries, ans, Packing::Naive).unwrap();
+        assert_same(&packed, &naive);
+        // Split into several packed passes by a small budget: same numbers.
+        let split = probe_trace(
+            &model,
+            &s,
+            &t.ids,
+            &t.boundaries,
+            ans,
+            Packing::Packed {
+                max_tokens: t.ids.len() / 2,
+            },
+        )
+        .unwrap();
+        assert_same(&split, &naive);
+        for p in &packed {
+            let v = p.value().expect("value");
+            assert!((0.0..=1.0).contains(&v), "{v}");
+            match kind {
+                ProbeKind::Verbal => {
+                    assert!(p.p_yes.unwrap() > 0.0 && p.answer_logprob.is_none());
+                    assert!(p.early_ids.is_empty());
+                }
+                ProbeKind::Answer => {
+                    assert!(p.p_yes.is_none() && p.answer_logprob.unwrap() < 0.0);
+                    assert!(!p.early_ids.is_empty() && p.early_ids.len() <= 8);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn answer_logprob_equals_continuation_scoring() {
+    let model = tiny();
+    let t = trace(&model);
+    let a = answer_ids(&model);
+    let s = setup(&model, ProbeKind::Answer);
+    let packed = probe_trace(
+        &model,
+        &s,
+        &t.ids,
+        &t.boundaries,
+        Some(&a),
+        Packing::Packed { max_tokens: 4096 },
+    )
+    .unwrap();
+    let requests: Vec<ScoreRequest> = t
+        .boundaries
+        .iter()
+        .map(|&b| {
+            let mut context = t.ids[..b].to_vec();
+            context.extend(&s.suffix);
+            ScoreRequest {
+                context,
+                continuation: a.clone(),
+            }
+        })
+        .collect();
+    let scored = continuation_logprobs(&model.decoder, &requests, 4).unwrap();
+    for (k, (p, lp)) in packed.iter().zip(&scored).enumerate() {
+        let mean = lp.iter().map(|&x| x as f64).sum::<f64>() / lp.len() as f64;
+        close(p.answer_logprob, Some(mean), &format!("boundary {k}"));
+    }
+}
+
+#[test]
+fn early_answers_equal_greedy_generation() {
+    let model = tiny();
+    let t = trace(&model);
+    let s = setup(&model, ProbeKind::Answer);
+    let packed = probe_trace(
+        &model,
+        &s,
+        &t.ids,
+        &t.boundaries,
+        None,
+        Packing::Packed { max_tokens: 4096 },
+    )
+    .unwrap();
+    let requests: Vec<GenerationRequest> = t
+        .boundaries
+        .iter()
+        .map(|&b| {
+            let mut prompt_ids = t.ids[..b].to_vec();
+            prompt_ids.extend(&s.suffix);
+            GenerationRequest {
+                prompt_ids,
+                params: SamplingParams {
+                    temperature: 0.0,
+                    max_new_tokens: s.early_tokens,
+                    ..Default::default()
+                },
+            }
+        })
+        .collect();
+    let gen = Generator::new(
+        &model.decoder,
+        &model.tokenizer,
+        GeneratorConfig {
+            max_batch: 16,
+            eos_token_ids: model.eos_token_ids(),
+        },
+    );
+    let outs = gen.generate(&requests).unwrap();
+    for (k, (p, o)) in packed.iter().zip(&outs).enumerate() {
+        let ours = cut_early_answer(&model.tokenizer.decode(&p.early_ids, true).unwrap()).0;
+        let theirs = cut_early_answer(&o.text).0;
+        assert_eq!(ours, theirs, "boundary {k}");
+        assert!(o.token_ids.starts_with(&p.early_ids), "boundary {k}");
+    }
+}
+
+#[test]
+fn verbal_probe_needs_single_token_forms() {
+    let model = tiny();
+    let err = ProbeSetup::new(
+        &model,
+        &ProbeParams {
+            kind: ProbeKind::Verbal,
+            yes: vec![" Certainly".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(err.contains("none of the `yes` forms"), "{err}");
+    // Only single-token forms are used: " Yes" counts, " Yes indeed" does not.
+    let s = ProbeSetup::new(
+        &model,
+        &ProbeParams {
+            kind: ProbeKind::Verbal,
+            yes: vec![" Yes".into(), " Yes indeed".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(s.yes.len(), 1);
+    assert_eq!(s.no.len(), 3);
+}
+
+#[test]
+fn boundaries_must_be_inside_the_trace() {
+    let model = tiny();
+    let t = trace(&model);
+    let s = setup(&model, ProbeKind::Verbal);
+    let err = probe_trace(&model, &s, &t.ids, &[0], None, Packing::Naive).unwrap_err();
+    assert!(err.to_string().contains("outside"), "{err}");
+}
