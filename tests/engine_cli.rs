@@ -328,3 +328,46 @@ fn sql_sees_a_partial_node() {
     }
     assert!(Path::new(&manifest).exists());
 }
+
+#[test]
+fn the_synthetic_task_is_a_source_with_ground_truth_columns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path();
+    std::fs::write(
+        p.join("s.yaml"),
+        "nodes:\n  problems:\n    op: source\n    params:\n      synth: {task: arithmetic, n: 300, seed: 5}\n      split: {test_fraction: 0.2}\n  steps: {op: segment, inputs: {traces: problems}, params: {column: trace}}\n",
+    )
+    .expect("spec");
+    run_ok(p, &["s.yaml", "--run-dir", "a"]);
+    run_ok(p, &["s.yaml", "--run-dir", "b"]);
+    let q = "select * from problems order by id";
+    assert_eq!(sql_csv(p, "a", q), sql_csv(p, "b", q), "not deterministic");
+    let out = sql_csv(
+        p,
+        "a",
+        "select count(*), sum(case when oracle_tokens <= trace_tokens then 1 else 0 end), \
+         sum(case when trace_correct then 1 else 0 end) from problems",
+    );
+    let v: Vec<usize> = out
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    assert_eq!(v[0], 300);
+    assert_eq!(v[1], 300, "the oracle is never longer than the trace");
+    assert!(
+        v[2] > 150 && v[2] < 300,
+        "the base traces have real mistakes: {} of 300 correct",
+        v[2]
+    );
+    // Every problem has steps, and the steps rebuild each trace.
+    let out = sql_csv(
+        p,
+        "a",
+        "select count(*) from problems p join (select id, string_agg(text, '' order by step) as t from steps group by id) s \
+         on p.id = s.id where p.trace = s.t",
+    );
+    assert_eq!(out.lines().nth(1), Some("300"));
+}

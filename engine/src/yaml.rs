@@ -138,7 +138,7 @@ fn key_text(k: &Node) -> String {
 /// Parses a YAML text into a located tree. `source` names it in messages.
 pub fn parse(text: &str, source: &str) -> Result<Node, Diagnostic> {
     let source: Arc<str> = Arc::from(source);
-    let raw: Spanned<Raw> = serde_saphyr::from_str(text).map_err(|e| parse_error(&e, &source))?;
+    let raw: Spanned<Raw> = from_yaml(text).map_err(|e| parse_error(&e, &source))?;
     Ok(into_node(raw, &source))
 }
 
@@ -152,10 +152,17 @@ pub fn parse_set_value(text: &str, flag: &str, col: u64) -> Result<Node, Diagnos
             Loc::new(source, 1, col),
         ));
     }
-    let raw: Spanned<Raw> = serde_saphyr::from_str(text).map_err(|e| parse_error(&e, &source))?;
+    let raw: Spanned<Raw> = from_yaml(text).map_err(|e| parse_error(&e, &source))?;
     let mut node = into_node(raw, &source);
     shift_cols(&mut node, col - 1);
     Ok(node)
+}
+
+/// YAML 1.2 booleans only: `n`, `y`, `no`, `off` stay strings (`synth: {n: 500}`).
+fn from_yaml(text: &str) -> Result<Spanned<Raw>, serde_saphyr::Error> {
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    serde_saphyr::from_str_with_options(text, options)
 }
 
 fn shift_cols(node: &mut Node, by: u64) {
@@ -314,6 +321,12 @@ mod tests {
         let node = root.get_path(&["a", "c", "d"]).unwrap();
         assert_eq!(node.loc.col, 7);
         assert!(node.loc.source.starts_with("--set"));
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_are_strings() {
+        let root = parse("n: 1\ny: no\nz: true\n", "p.yaml").unwrap();
+        assert_eq!(root.to_json(), serde_json::json!({"n": 1, "y": "no", "z": true}));
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! `source`: reads a dataset file (JSONL, JSON, Parquet, CSV; one file or a glob) into
-//! the problem table `id, prompt, answer, answer_text, split` plus the file's other
-//! columns.
+//! `source`: reads a dataset file (JSONL, JSON, Parquet, CSV; one file or a glob), or
+//! generates the synthetic overthinking task (`synth:`), into the problem table
+//! `id, prompt, answer, answer_text, split` plus the file's (or task's) other columns.
 //!
 //! The reference answer is extracted from the answer cell with the pipeline's
 //! [`AnswerFormat`] (GSM8K's `... #### 72` gives `72`; the cell itself is kept in
@@ -31,6 +31,7 @@ use sspo_engine::{
 
 pub use read::FileFormat;
 
+use crate::tasks::synth::{self, SynthConfig};
 use crate::tasks::AnswerFormat;
 
 /// The `source` operator.
@@ -48,8 +49,12 @@ const ANSWER_CANDIDATES: [&str; 2] = ["answer", "solution"];
 #[serde(deny_unknown_fields)]
 pub struct SourceParams {
     /// The data file, or a glob (`data/*.jsonl`, matches read in sorted order), relative
-    /// to the pipeline file's directory. Required.
+    /// to the pipeline file's directory. Exactly one of `path` and `synth`.
     pub path: Option<String>,
+    /// Generate the synthetic overthinking task instead of reading a file (see
+    /// `docs/operators/synth.md`). Exactly one of `path` and `synth`.
+    #[serde(default)]
+    pub synth: Option<SynthConfig>,
     /// File format; by default from each file's extension (`.jsonl`/`.ndjson`, `.json`,
     /// `.parquet`/`.pq`, `.csv`).
     #[serde(default)]
@@ -144,9 +149,27 @@ impl Operator for Source {
             split_seed = s.seed.unwrap_or(ctx.seed);
         }
         let mut files = Vec::new();
-        match &p.path {
-            None => diags.push(params.error(&[], "`source` needs `path` (a data file or a glob)")),
-            Some(path) => match find_files(ctx, path) {
+        if let Some(cfg) = &p.synth {
+            if let Err(e) = cfg.validate() {
+                diags.push(params.error(&["synth"], e.to_string()));
+            }
+        }
+        match (&p.path, &p.synth) {
+            (None, None) => diags.push(
+                params
+                    .error(
+                        &[],
+                        "`source` needs `path` (a data file or a glob) or `synth`",
+                    )
+                    .with_help(
+                        "e.g. `path: data/train.jsonl` or `synth: {task: arithmetic, n: 2000}`",
+                    ),
+            ),
+            (Some(_), Some(_)) => {
+                diags.push(params.error(&["synth"], "`source` takes `path` or `synth`, not both"))
+            }
+            (None, Some(_)) => {}
+            (Some(path), None) => match find_files(ctx, path) {
                 Ok(found) => {
                     for f in found {
                         match p.format.or_else(|| FileFormat::from_extension(&f)) {
@@ -220,6 +243,11 @@ impl NodeKernel for SourceKernel {
             "split": p.split.as_ref().map(|s| json!({"test_fraction": s.test_fraction, "seed": self.split_seed})),
             "limit": p.limit,
             "chunk_rows": p.chunk_rows,
+            "synth": p.synth.as_ref().map(|c| json!({
+                "config": c,
+                "generator": synth::GENERATOR_VERSION,
+                "tokenizer": synth::TOKENIZER_VERSION,
+            })),
         })
     }
 
@@ -251,6 +279,9 @@ impl SourceKernel {
     /// All files as one batch (columns united by name; a column whose type differs
     /// between files is read as text).
     fn load(&self) -> Result<RecordBatch, OpError> {
+        if let Some(cfg) = &self.params.synth {
+            return synth_table(cfg);
+        }
         let mapping = &self.params.columns;
         let text_columns = |names: &[String]| -> Vec<String> {
             let m = resolve_names(mapping, names);
@@ -267,6 +298,50 @@ impl SourceKernel {
         }
         unite(batches)
     }
+}
+
+/// The synthetic task as a table: the core columns come out of the same mapping, split and
+/// limit logic as a file's, and the task's ground truth (oracle trace and length,
+/// redundancy and slip counts) rides along as extra columns for evaluation.
+fn synth_table(cfg: &SynthConfig) -> Result<RecordBatch, OpError> {
+    use arrow::array::BooleanArray;
+    let problems = synth::generate(cfg).map_err(|e| OpError::context("synth", e))?;
+    let text = |f: fn(&synth::SynthProblem) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(problems.iter().map(f)))
+    };
+    let count = |f: fn(&synth::SynthProblem) -> u32| -> ArrayRef {
+        Arc::new(UInt32Array::from_iter_values(problems.iter().map(f)))
+    };
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        ("id", text(|p| &p.id)),
+        ("prompt", text(|p| &p.prompt)),
+        ("answer", text(|p| &p.answer)),
+        ("trace", text(|p| &p.trace)),
+        ("oracle_trace", text(|p| &p.oracle_trace)),
+        ("trace_answer", text(|p| &p.trace_answer)),
+        (
+            "trace_correct",
+            Arc::new(BooleanArray::from_iter(
+                problems.iter().map(|p| Some(p.trace_correct)),
+            )),
+        ),
+        ("n_needed_steps", count(|p| p.n_needed_steps)),
+        ("n_redundant_steps", count(|p| p.n_redundant_steps)),
+        ("n_errors", count(|p| p.n_errors)),
+        ("n_fixes", count(|p| p.n_fixes)),
+        ("trace_tokens", count(|p| p.trace_tokens)),
+        ("oracle_tokens", count(|p| p.oracle_tokens)),
+    ];
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(name, a)| Field::new(*name, a.data_type().clone(), false))
+            .collect::<Vec<_>>(),
+    ));
+    Ok(RecordBatch::try_new(
+        schema,
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )?)
 }
 
 /// Concatenates batches whose schemas may differ: columns in first-seen order, missing
