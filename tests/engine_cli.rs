@@ -371,3 +371,82 @@ fn the_synthetic_task_is_a_source_with_ground_truth_columns() {
     );
     assert_eq!(out.lines().nth(1), Some("300"));
 }
+
+#[test]
+fn ctrl_c_commits_the_current_chunk_and_exits_130() {
+    let dir = setup(60_000);
+    let p = dir.path();
+    let args = [
+        "p.yaml",
+        "--set",
+        "nodes.steps.params.chunk_rows=300",
+        "--progress",
+        "log",
+    ];
+    let mut child = Command::new(bin())
+        .args(args)
+        .current_dir(p)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let manifest = p.join("runs/cli/steps/manifest.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !manifest.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT")
+        .success();
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(interrupted);
+    if out.status.code() == Some(0) {
+        // The run finished before the signal landed: nothing to check.
+        return;
+    }
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted during node `steps`"), "{err}");
+    let status = stdout(&sspo(
+        p,
+        &[
+            "status",
+            "p.yaml",
+            "--set",
+            "nodes.steps.params.chunk_rows=300",
+        ],
+    ));
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("steps") && l.contains("partial")),
+        "{status}"
+    );
+    let resumed = run_ok(p, &args);
+    assert_eq!(
+        action_of(&resumed, "steps").as_deref(),
+        Some("resumed"),
+        "{resumed}"
+    );
+    let a = sql_csv(
+        p,
+        "runs/cli",
+        "select count(*), count(distinct id) from steps",
+    );
+    run_ok(
+        p,
+        &[
+            "p.yaml",
+            "--run-dir",
+            "clean",
+            "--set",
+            "nodes.steps.params.chunk_rows=300",
+        ],
+    );
+    assert_eq!(
+        a,
+        sql_csv(p, "clean", "select count(*), count(distinct id) from steps")
+    );
+}
