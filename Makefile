@@ -24,7 +24,7 @@ demo: release
 	./target/release/sspo-run sql pipelines/quickstart.yaml \
 	  "SELECT p.split, count(DISTINCT p.id) AS problems, count(*) AS steps, round(avg(s.char_end - s.char_start), 1) AS mean_step_chars FROM steps s JOIN problems p ON s.id = p.id GROUP BY p.split ORDER BY p.split"
 
-test: build
+test: $(VENV_STAMP)
 	$(CARGO) test --workspace --all-targets
 
 build: $(VENV_STAMP)
