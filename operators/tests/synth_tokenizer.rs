@@ -89,6 +89,9 @@ fn probe_targets_and_separator_are_single_tokens() {
     assert_eq!(one("\n\n"), 1);
     assert_eq!(one(" = "), 1);
     assert_eq!(one("The answer is"), 3);
+    assert_eq!(count_tokens("3 + 4 = 7."), 6);
+    assert_eq!(count_tokens("Let me double-check: 50 + 13 = 63."), 16);
+    assert_eq!(one(" 344"), 4);
     // The question's tokens do not depend on what precedes it.
     let alone = tok
         .encode(PROBE_QUESTION, false)
@@ -242,4 +245,31 @@ print(json.dumps({"ids": ids, "decoded": dec, "eos": tok.eos_token_id, "chat": c
         v["chat"],
         "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     );
+}
+
+#[test]
+fn step_boundaries_are_token_boundaries() {
+    // Probes cut a trace after step k: that cut must fall between two tokens, and the
+    // tokens of a prefix must be the first tokens of the whole trace.
+    let tok = build_tokenizer().unwrap();
+    let ps = generate(&SynthConfig {
+        n: 500,
+        seed: 22,
+        ..Default::default()
+    })
+    .unwrap();
+    for p in &ps {
+        let enc = tok.encode(p.trace.as_str(), false).unwrap();
+        let ids = enc.get_ids();
+        let ends: std::collections::HashSet<usize> =
+            enc.get_offsets().iter().map(|o| o.1).collect();
+        let mut end = 0;
+        for (i, s) in p.steps.iter().enumerate() {
+            end += s.text.len() + if i > 0 { 2 } else { 0 };
+            assert!(ends.contains(&end), "cut after step {i} of {:?}", p.trace);
+            let prefix = tok.encode(&p.trace[..end], false).unwrap();
+            assert!(ids.starts_with(prefix.get_ids()));
+        }
+        assert_eq!(end, p.trace.len());
+    }
 }
