@@ -2,12 +2,13 @@
 //! seeds (independent of batching and chunking), greedy decoding equal to the model
 //! crate's greedy, counted problem rows and located param errors.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::*;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int32Type, UInt64Type};
-use sspo_engine::store::{Manifest, NodeDir};
-use sspo_engine::{ModelRef, ModelSource, Pipeline, Plan, ProgressMode, RunOptions};
+use sspo_engine::store::Manifest;
+use sspo_engine::{ModelRef, ModelSource};
 use sspo_model::{GenerationRequest, Generator, GeneratorConfig, SamplingParams};
 use sspo_operators::model_port::{encode_context, load_model, render_context};
 
@@ -15,25 +16,6 @@ const PROBLEMS: &str = r#"{"question": "Tom has 3 apples and buys 4 more. How ma
 {"question": "A box holds 6 eggs. How many eggs in 2 boxes?", "answer": "6 * 2 = 12\n#### 12"}
 {"question": "What is 10 - 8?", "answer": "10 - 8 = 2\n#### 2"}
 "#;
-
-fn run_yaml(dir: &Path, yaml: &str) -> Result<PathBuf, String> {
-    let spec = dir.join("pipeline.yaml");
-    std::fs::write(&spec, yaml).unwrap();
-    let pipeline = Pipeline::from_text(yaml, &spec, &[]).map_err(|d| d.to_string())?;
-    let plan = Plan::build(pipeline, &sspo_operators::registry()).map_err(|d| d.to_string())?;
-    let run_dir = dir.join("run");
-    sspo_engine::run(
-        &plan,
-        &RunOptions {
-            run_dir: run_dir.clone(),
-            force: vec![],
-            until: None,
-            progress: ProgressMode::Quiet,
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(run_dir)
-}
 
 fn pipeline(seed: u64, params: &str, data: &str) -> String {
     format!(
@@ -45,22 +27,8 @@ fn pipeline(seed: u64, params: &str, data: &str) -> String {
 fn rollouts(seed: u64, params: &str) -> (RecordBatch, Manifest) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("p.jsonl"), PROBLEMS).unwrap();
-    let run_dir = run_yaml(dir.path(), &pipeline(seed, params, "p.jsonl")).unwrap();
+    let run_dir = run(dir.path(), &pipeline(seed, params, "p.jsonl")).unwrap();
     table(&run_dir, "rollouts")
-}
-
-fn table(run_dir: &Path, node: &str) -> (RecordBatch, Manifest) {
-    let d = NodeDir::new(run_dir, node);
-    let m = d.read_manifest().unwrap().expect("manifest");
-    (d.read_table(&m, "").unwrap(), m)
-}
-
-fn strings(b: &RecordBatch, col: &str) -> Vec<Option<String>> {
-    let c = b.column_by_name(col).unwrap_or_else(|| panic!("no {col}"));
-    let s = c.as_string::<i32>();
-    (0..s.len())
-        .map(|i| s.is_valid(i).then(|| s.value(i).to_string()))
-        .collect()
 }
 
 fn names(b: &RecordBatch) -> Vec<String> {
@@ -94,8 +62,8 @@ fn rollout_table_has_the_contract_columns() {
         ]
     );
     assert_eq!(b.num_rows(), 9);
-    let ids = strings(&b, "id");
-    let rids = strings(&b, "rollout_id");
+    let ids = opt_strings(&b, "id");
+    let rids = opt_strings(&b, "rollout_id");
     let samples = b
         .column_by_name("sample")
         .unwrap()
@@ -106,14 +74,14 @@ fn rollout_table_has_the_contract_columns() {
         assert_eq!(rids[i].as_deref(), Some(expect.as_str()));
     }
     assert_eq!(
-        strings(&b, "answer"),
+        opt_strings(&b, "answer"),
         ["7", "7", "7", "12", "12", "12", "2", "2", "2"].map(|s| Some(s.to_string()))
     );
     let n_tok = b
         .column_by_name("n_tokens")
         .unwrap()
         .as_primitive::<Int32Type>();
-    for (i, fr) in strings(&b, "finish_reason").into_iter().enumerate() {
+    for (i, fr) in opt_strings(&b, "finish_reason").into_iter().enumerate() {
         let fr = fr.unwrap();
         assert!(fr == "stop" || fr == "length", "{fr}");
         assert!(n_tok.value(i) >= 1 && n_tok.value(i) <= 10);
@@ -138,7 +106,7 @@ fn rollout_table_has_the_contract_columns() {
     assert_eq!(distinct.len(), 9, "every (row, sample) has its own seed");
     assert!(m.metrics.contains_key("tokens_per_s"));
     // The raw prompt is the context (no template, no BOS for this tokenizer).
-    assert_eq!(strings(&b, "context"), strings(&b, "prompt"));
+    assert_eq!(opt_strings(&b, "context"), opt_strings(&b, "prompt"));
 }
 
 /// Everything but timing-dependent columns, row by row.
@@ -162,7 +130,7 @@ fn content(b: &RecordBatch) -> Vec<String> {
         .map(|i| {
             let mut s: Vec<String> = cols
                 .iter()
-                .map(|c| format!("{:?}", strings(b, c)[i]))
+                .map(|c| format!("{:?}", opt_strings(b, c)[i]))
                 .collect();
             s.push(seeds.value(i).to_string());
             s.push(n_tok.value(i).to_string());
@@ -205,7 +173,7 @@ fn greedy_generation_equals_the_model_crates_greedy() {
         "cpu",
     )
     .unwrap();
-    let prompts = strings(&b, "prompt");
+    let prompts = opt_strings(&b, "prompt");
     let requests: Vec<GenerationRequest> = prompts
         .iter()
         .map(|p| {
@@ -231,7 +199,7 @@ fn greedy_generation_equals_the_model_crates_greedy() {
         },
     );
     let outs = gen.generate(&requests).unwrap();
-    let responses = strings(&b, "response");
+    let responses = opt_strings(&b, "response");
     let n_tok = b
         .column_by_name("n_tokens")
         .unwrap()
@@ -244,7 +212,7 @@ fn greedy_generation_equals_the_model_crates_greedy() {
     for p in 0..3 {
         assert_eq!(responses[2 * p], responses[2 * p + 1]);
     }
-    assert!(strings(&b, "context")[0]
+    assert!(opt_strings(&b, "context")[0]
         .as_deref()
         .unwrap()
         .starts_with("Q: Tom has 3 apples"));
@@ -260,7 +228,7 @@ fn problem_rows_are_counted_not_fatal() {
         serde_json::json!({"id": "long", "prompt": long, "answer": "1"}),
     );
     std::fs::write(dir.path().join("p.jsonl"), data).unwrap();
-    let run_dir = run_yaml(
+    let run_dir = run(
         dir.path(),
         &pipeline(1, "{samples: 2, max_new_tokens: 8}", "p.jsonl"),
     )
@@ -269,7 +237,7 @@ fn problem_rows_are_counted_not_fatal() {
     assert_eq!(m.counters.get("prompts_too_long"), Some(&1));
     assert_eq!(b.num_rows(), 2);
     assert_eq!(
-        strings(&b, "id"),
+        opt_strings(&b, "id"),
         [Some("ok".to_string()), Some("ok".to_string())]
     );
 }
@@ -278,20 +246,20 @@ fn problem_rows_are_counted_not_fatal() {
 fn bad_params_are_located_errors() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("p.jsonl"), PROBLEMS).unwrap();
-    let err = run_yaml(
+    let err = run(
         dir.path(),
         &pipeline(1, "{samples: 2, temprature: 0.5}", "p.jsonl"),
     )
     .unwrap_err();
     assert!(err.contains("unknown key `temprature`"), "{err}");
     assert!(err.contains("did you mean `temperature`"), "{err}");
-    let err = run_yaml(
+    let err = run(
         dir.path(),
         &pipeline(1, "{top_p: 0, prompt_template: \"Q:\"}", "p.jsonl"),
     )
     .unwrap_err();
     assert!(err.contains("`top_p` must be in (0, 1]"), "{err}");
     assert!(err.contains("placeholder `{prompt}`"), "{err}");
-    let err = run_yaml(dir.path(), &pipeline(1, "{max_new_tokens: 600}", "p.jsonl")).unwrap_err();
+    let err = run(dir.path(), &pipeline(1, "{max_new_tokens: 600}", "p.jsonl")).unwrap_err();
     assert!(err.contains("leaves no room for a prompt"), "{err}");
 }

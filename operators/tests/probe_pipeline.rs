@@ -2,51 +2,18 @@
 //! probe (both kinds) on the built-in `tiny-test` model; and probing reference solutions
 //! straight from `source` (key `id`, no `context` column, an over-long trace counted).
 
+mod common;
+use common::*;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int32Type};
-use sspo_engine::store::{Manifest, NodeDir};
-use sspo_engine::{Pipeline, Plan, ProgressMode, RunOptions};
 
 const GSM8K: &str = r#"{"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?", "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72"}
 {"question": "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did she earn?", "answer": "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\nWorking 50 minutes, she earned 0.2 x 50 = $<<0.2*50=10>>10.\n#### 10"}
 {"question": "Tom has 3 apples and buys 4 more. How many apples does he have?", "answer": "3 + 4 = 7\n#### 7"}
 "#;
-
-fn run_yaml(dir: &Path, yaml: &str) -> PathBuf {
-    let spec = dir.join("pipeline.yaml");
-    std::fs::write(&spec, yaml).unwrap();
-    let pipeline = Pipeline::from_text(yaml, &spec, &[]).unwrap_or_else(|d| panic!("{d}"));
-    let plan = Plan::build(pipeline, &sspo_operators::registry()).unwrap_or_else(|d| panic!("{d}"));
-    let run_dir = dir.join("run");
-    sspo_engine::run(
-        &plan,
-        &RunOptions {
-            run_dir: run_dir.clone(),
-            force: vec![],
-            until: None,
-            progress: ProgressMode::Quiet,
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    run_dir
-}
-
-fn table(run_dir: &Path, node: &str) -> (RecordBatch, Manifest) {
-    let d = NodeDir::new(run_dir, node);
-    let m = d.read_manifest().unwrap().expect("manifest");
-    (d.read_table(&m, "").unwrap(), m)
-}
-
-fn strings(b: &RecordBatch, col: &str) -> Vec<Option<String>> {
-    let c = b.column_by_name(col).unwrap_or_else(|| panic!("no {col}"));
-    let s = c.as_string::<i32>();
-    (0..s.len())
-        .map(|i| s.is_valid(i).then(|| s.value(i).to_string()))
-        .collect()
-}
 
 fn ints(b: &RecordBatch, col: &str) -> Vec<i32> {
     b.column_by_name(col)
@@ -60,7 +27,7 @@ fn ints(b: &RecordBatch, col: &str) -> Vec<i32> {
 type Probes = HashMap<String, Vec<(i32, Option<f64>, bool, bool, bool)>>;
 
 fn probes_by_key(b: &RecordBatch, key: &str) -> Probes {
-    let keys = strings(b, key);
+    let keys = opt_strings(b, key);
     let steps = ints(b, "step");
     let value = b
         .column_by_name("value")
@@ -84,7 +51,7 @@ fn probes_by_key(b: &RecordBatch, key: &str) -> Probes {
 
 fn steps_per_key(b: &RecordBatch, key: &str) -> HashMap<String, usize> {
     let mut n = HashMap::new();
-    for k in strings(b, key) {
+    for k in opt_strings(b, key) {
         *n.entry(k.unwrap()).or_default() += 1;
     }
     n
@@ -134,16 +101,16 @@ nodes:
     inputs: {steps: steps, rollouts: rollouts, model: base}
     params: {kind: verbal}
 "#;
-    let run_dir = run_yaml(dir.path(), yaml);
+    let run_dir = run(dir.path(), yaml).unwrap();
     let (rollouts, _) = table(&run_dir, "rollouts");
     assert_eq!(rollouts.num_rows(), 6);
     let (steps, _) = table(&run_dir, "steps");
     let per_key = steps_per_key(&steps, "rollout_id");
-    let keys: Vec<String> = strings(&rollouts, "rollout_id")
+    let keys: Vec<String> = opt_strings(&rollouts, "rollout_id")
         .into_iter()
         .map(Option::unwrap)
         .collect();
-    for (k, resp) in keys.iter().zip(strings(&rollouts, "response")) {
+    for (k, resp) in keys.iter().zip(opt_strings(&rollouts, "response")) {
         if !resp.unwrap().trim().is_empty() {
             assert!(per_key.get(k).copied().unwrap_or(0) >= 1, "{k} has steps");
         }
@@ -179,7 +146,7 @@ nodes:
         }
     }
     assert_eq!(vm.counters.get("traces_too_long"), None);
-    let early = strings(&values, "early_answer");
+    let early = opt_strings(&values, "early_answer");
     assert!(early.iter().all(Option::is_some));
 
     let (verbal, _) = table(&run_dir, "verbal");
@@ -222,14 +189,14 @@ nodes:
     inputs: {steps: steps, rollouts: problems, model: base}
     params: {prompt_template: "Question: {prompt}\nAnswer:", early_answer_tokens: 2}
 "#;
-    let run_dir = run_yaml(dir.path(), yaml);
+    let run_dir = run(dir.path(), yaml).unwrap();
     let (problems, _) = table(&run_dir, "problems");
     let (steps, _) = table(&run_dir, "steps");
     let (values, m) = table(&run_dir, "values");
     assert_eq!(values.schema().field(0).name(), "id");
     assert_eq!(m.counters.get("traces_too_long"), Some(&1));
     let per_key = steps_per_key(&steps, "id");
-    let ids: Vec<String> = strings(&problems, "id")
+    let ids: Vec<String> = opt_strings(&problems, "id")
         .into_iter()
         .map(Option::unwrap)
         .take(3)

@@ -2,46 +2,17 @@
 //! caps, regexes, unicode, token spans from a tokenizer.json, the key column, counted
 //! empty texts and located configure errors.
 
+mod common;
+use common::*;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::Int32Type;
-use sspo_engine::store::{Manifest, NodeDir};
-use sspo_engine::{Pipeline, Plan, ProgressMode, RunOptions};
 use tokenizers::models::wordlevel::WordLevel;
 use tokenizers::pre_tokenizers::whitespace::Whitespace;
 use tokenizers::Tokenizer;
-
-fn run(dir: &Path, yaml: &str) -> Result<PathBuf, String> {
-    let spec = dir.join("pipeline.yaml");
-    std::fs::write(&spec, yaml).unwrap();
-    let pipeline = Pipeline::from_text(yaml, &spec, &[]).map_err(|d| d.to_string())?;
-    let plan = Plan::build(pipeline, &sspo_operators::registry()).map_err(|d| d.to_string())?;
-    let run_dir = dir.join("run");
-    sspo_engine::run(
-        &plan,
-        &RunOptions {
-            run_dir: run_dir.clone(),
-            force: vec![],
-            until: None,
-            progress: ProgressMode::Quiet,
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(run_dir)
-}
-
-fn table(run_dir: &Path, node: &str) -> (RecordBatch, Manifest) {
-    let d = NodeDir::new(run_dir, node);
-    let m = d.read_manifest().unwrap().expect("node has a manifest");
-    (d.read_table(&m, "").unwrap(), m)
-}
-
-fn strings(b: &RecordBatch, col: &str) -> Vec<String> {
-    let s = b.column_by_name(col).unwrap().as_string::<i32>();
-    (0..s.len()).map(|i| s.value(i).to_string()).collect()
-}
 
 fn ints(b: &RecordBatch, col: &str) -> Vec<Option<i32>> {
     let a = b.column_by_name(col).unwrap().as_primitive::<Int32Type>();

@@ -1,48 +1,14 @@
 //! `source` end to end through the engine: every file format, column mapping, GSM8K
 //! answers, stable ids, the split, counted problem rows and located configure errors.
 
+mod common;
+use common::*;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use sspo_engine::store::{Manifest, NodeDir};
-use sspo_engine::{Pipeline, Plan, ProgressMode, RunOptions};
-
-/// Writes `yaml` as `dir/pipeline.yaml`, plans and runs it into `dir/run`.
-fn run(dir: &Path, yaml: &str) -> Result<PathBuf, String> {
-    let spec = dir.join("pipeline.yaml");
-    std::fs::write(&spec, yaml).unwrap();
-    let pipeline = Pipeline::from_text(yaml, &spec, &[]).map_err(|d| d.to_string())?;
-    let plan = Plan::build(pipeline, &sspo_operators::registry()).map_err(|d| d.to_string())?;
-    let run_dir = dir.join("run");
-    sspo_engine::run(
-        &plan,
-        &RunOptions {
-            run_dir: run_dir.clone(),
-            force: vec![],
-            until: None,
-            progress: ProgressMode::Quiet,
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(run_dir)
-}
-
-fn table(run_dir: &Path, node: &str) -> (RecordBatch, Manifest) {
-    let d = NodeDir::new(run_dir, node);
-    let m = d.read_manifest().unwrap().expect("node has a manifest");
-    (d.read_table(&m, "").unwrap(), m)
-}
-
-fn strings(b: &RecordBatch, col: &str) -> Vec<String> {
-    let c = b
-        .column_by_name(col)
-        .unwrap_or_else(|| panic!("no column {col}"));
-    let s = c.as_string::<i32>();
-    (0..s.len()).map(|i| s.value(i).to_string()).collect()
-}
 
 fn names(b: &RecordBatch) -> Vec<String> {
     b.schema()
