@@ -383,7 +383,7 @@ fn ctrl_c_commits_the_current_chunk_and_exits_130() {
         "--progress",
         "log",
     ];
-    let mut child = Command::new(bin())
+    let child = Command::new(bin())
         .args(args)
         .current_dir(p)
         .stdout(Stdio::null())

@@ -326,7 +326,10 @@ mod tests {
     #[test]
     fn yaml_1_1_booleans_are_strings() {
         let root = parse("n: 1\ny: no\nz: true\n", "p.yaml").unwrap();
-        assert_eq!(root.to_json(), serde_json::json!({"n": 1, "y": "no", "z": true}));
+        assert_eq!(
+            root.to_json(),
+            serde_json::json!({"n": 1, "y": "no", "z": true})
+        );
     }
 
     #[test]
