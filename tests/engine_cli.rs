@@ -129,14 +129,9 @@ fn kill_dash_nine_then_resume_gives_the_same_tables_as_a_clean_run() {
     // Interrupted runs: kill -9 at spread-out moments, then finish.
     let mut killed_mid_way = 0;
     for fraction in [0.15, 0.4, 0.7] {
-        let mut child = Command::new(bin())
-            .args(["p.yaml", "--run-dir", "killed"])
-            .args(small_chunks)
-            .current_dir(p)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn");
+        let mut args: Vec<&str> = ["p.yaml", "--run-dir", "killed"].to_vec();
+        args.extend(small_chunks);
+        let mut child = spawn(p, &args, Stdio::null());
         std::thread::sleep(Duration::from_secs_f64(clean_secs * fraction));
         if child.try_wait().expect("wait").is_none() {
             killed_mid_way += 1;
@@ -182,18 +177,13 @@ fn kill_dash_nine_then_resume_gives_the_same_tables_as_a_clean_run() {
 fn a_second_run_on_a_busy_run_dir_is_refused_at_once() {
     let dir = setup(60_000);
     let p = dir.path();
-    let mut first = Command::new(bin())
-        .args(["p.yaml", "--set", "nodes.steps.params.chunk_rows=200"])
-        .current_dir(p)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let mut first = spawn(
+        p,
+        &["p.yaml", "--set", "nodes.steps.params.chunk_rows=200"],
+        Stdio::null(),
+    );
     // Wait until the first run has started writing.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !p.join("runs/cli/problems/manifest.json").exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(&p.join("runs/cli/problems/manifest.json"), 60);
     let t0 = Instant::now();
     let second = sspo(p, &["p.yaml"]);
     let waited = t0.elapsed();
@@ -295,18 +285,13 @@ fn sql_answers_match_counts_of_the_input() {
 fn sql_sees_a_partial_node() {
     let dir = setup(60_000);
     let p = dir.path();
-    let mut child = Command::new(bin())
-        .args(["p.yaml", "--set", "nodes.steps.params.chunk_rows=300"])
-        .current_dir(p)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let mut child = spawn(
+        p,
+        &["p.yaml", "--set", "nodes.steps.params.chunk_rows=300"],
+        Stdio::null(),
+    );
     let manifest = p.join("runs/cli/steps/manifest.json");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !manifest.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(&manifest, 60);
     child.kill().ok();
     child.wait().ok();
     let status = stdout(&sspo(
@@ -383,18 +368,9 @@ fn ctrl_c_commits_the_current_chunk_and_exits_130() {
         "--progress",
         "log",
     ];
-    let child = Command::new(bin())
-        .args(args)
-        .current_dir(p)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
+    let child = spawn(p, &args, Stdio::piped());
     let manifest = p.join("runs/cli/steps/manifest.json");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !manifest.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for(&manifest, 60);
     let interrupted = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

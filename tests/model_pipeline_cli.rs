@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 
 use common::*;
 
@@ -38,18 +37,9 @@ fn generate_killed_and_resumed_equals_an_uninterrupted_run() {
     std::fs::write(p.join("probe.yaml"), SPEC).expect("spec");
     run_ok(p, &["probe.yaml", "--run-dir", "clean"]);
 
-    let mut child = Command::new(bin())
-        .args(["probe.yaml", "--run-dir", "killed"])
-        .current_dir(p)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let mut child = spawn(p, &["probe.yaml", "--run-dir", "killed"], Stdio::null());
     let manifest = p.join("killed/rollouts/manifest.json");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !manifest.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for(&manifest, 120);
     let killed_mid_way = child.try_wait().expect("wait").is_none();
     child.kill().expect("kill -9");
     child.wait().expect("reap");

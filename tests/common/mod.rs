@@ -101,3 +101,23 @@ pub fn part_files(run_dir: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
     out.sort();
     out
 }
+
+/// Starts `sspo-run args` in `dir` in the background (output discarded unless
+/// `stderr` is piped by the caller later).
+pub fn spawn(dir: &Path, args: &[&str], stderr: std::process::Stdio) -> std::process::Child {
+    Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn sspo-run")
+}
+
+/// Waits until `path` exists (a node committed its first chunk), at most `secs`.
+pub fn wait_for(path: &Path, secs: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !path.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
