@@ -159,35 +159,13 @@ pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>
 /// space), so the verbal probe's yes / no forms exist.
 const BYTE_TOKENIZER_WORDS: &[&str] = &["Yes", "yes", "No", "no"];
 
-/// GPT-2's byte-to-unicode table.
-fn byte_chars() -> Vec<char> {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
-    let mut cs = bs.clone();
-    let mut n = 0;
-    for b in 0..256u32 {
-        if !bs.contains(&b) {
-            bs.push(b);
-            cs.push(256 + n);
-            n += 1;
-        }
-    }
-    let mut table = vec![' '; 256];
-    for (b, c) in bs.iter().zip(cs) {
-        table[*b as usize] = char::from_u32(c).unwrap_or(' ');
-    }
-    table
-}
-
 /// Writes the `tiny-test` tokenizer into `dir`: byte-level BPE with one token per byte
 /// (ids 0-255), single tokens for `Yes`, `yes`, `No`, `no` and their space-prefixed forms,
 /// then `<|endoftext|>`, `<|im_start|>`, `<|im_end|>` (the eos token), and a ChatML
 /// `tokenizer_config.json`. Any text round-trips through it.
 pub fn write_byte_tokenizer(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let table = byte_chars();
+    let table = sspo_model::tokenizer::gpt2_byte_chars();
     let mut vocab = serde_json::Map::new();
     for (i, c) in table.iter().enumerate() {
         vocab.insert(c.to_string(), json!(i));

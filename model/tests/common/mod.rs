@@ -129,35 +129,13 @@ pub fn tensor_to_vec(t: &tch::Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(&t).expect("tensor to vec")
 }
 
-/// GPT-2 byte-to-unicode table, for a byte-level tokenizer with one token per byte.
-fn byte_chars() -> Vec<char> {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
-    let mut cs = bs.clone();
-    let mut n = 0;
-    for b in 0..256u32 {
-        if !bs.contains(&b) {
-            bs.push(b);
-            cs.push(256 + n);
-            n += 1;
-        }
-    }
-    let mut table = vec![' '; 256];
-    for (b, c) in bs.iter().zip(cs) {
-        table[*b as usize] = char::from_u32(c).unwrap();
-    }
-    table
-}
-
 pub const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
 /// Writes a byte-level tokenizer (256 byte tokens + `<|endoftext|>`=256, `<|im_start|>`=257,
 /// `<|im_end|>`=258) and a ChatML `tokenizer_config.json` into `dir`; no python needed.
 pub fn write_byte_tokenizer(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
-    let vocab: serde_json::Map<String, Value> = byte_chars()
+    let vocab: serde_json::Map<String, Value> = sspo_model::tokenizer::gpt2_byte_chars()
         .iter()
         .enumerate()
         .map(|(i, c)| (c.to_string(), Value::from(i)))
