@@ -77,6 +77,7 @@ impl Progress {
             state: Mutex::new(LogState {
                 total: 0,
                 done: 0,
+                resumed_from: 0,
                 start: Instant::now(),
                 last_log: Instant::now(),
                 extra: String::new(),
@@ -105,6 +106,8 @@ impl Progress {
 struct LogState {
     total: u64,
     done: u64,
+    /// Work committed by an earlier run: excluded from the rate and ETA.
+    resumed_from: u64,
     start: Instant,
     last_log: Instant,
     extra: String,
@@ -139,6 +142,7 @@ impl NodeProgress {
         }
         if let Ok(mut s) = self.state.lock() {
             s.done = done;
+            s.resumed_from = done;
         }
     }
 
@@ -166,7 +170,7 @@ impl NodeProgress {
         if s.last_log.elapsed() >= LOG_EVERY {
             s.last_log = Instant::now();
             let secs = s.start.elapsed().as_secs_f64().max(1e-9);
-            let rate = n_per_s(s.done, secs);
+            let rate = n_per_s(s.done.saturating_sub(s.resumed_from), secs);
             let eta = if s.total > s.done && rate > 0.0 {
                 format!(", ETA {:.0}s", (s.total - s.done) as f64 / rate)
             } else {
