@@ -340,6 +340,11 @@ fn print_outcomes(outcomes: &[sspo_engine::NodeOutcome], run_dir: &Path) {
             ),
         }
     }
+    for o in outcomes {
+        if let Some(summary) = &o.summary {
+            eprintln!("\n{}:\n{}", o.node, summary.trim_end());
+        }
+    }
     eprintln!("run directory: {}", run_dir.display());
 }
 

@@ -70,6 +70,8 @@ pub struct NodeOutcome {
     pub action: &'static str,
     pub rows: u64,
     pub seconds: f64,
+    /// The node's end-of-run summary ([`crate::RunContext::set_summary`]), if any.
+    pub summary: Option<String>,
 }
 
 /// Options of one run.
@@ -152,6 +154,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Vec<NodeOutcome>, RunError>
                     action: "cached",
                     rows,
                     seconds: 0.0,
+                    summary: manifest.as_ref().and_then(Manifest::summary),
                 });
                 continue;
             }
@@ -204,6 +207,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Vec<NodeOutcome>, RunError>
             action: if resumed { "resumed" } else { "ran" },
             rows: m.primary_rows(),
             seconds,
+            summary: m.summary(),
         });
     }
     Ok(outcomes)

@@ -37,6 +37,9 @@ pub struct Port {
     pub name: &'static str,
     pub kind: PortKind,
     pub required: bool,
+    /// Takes a YAML list of inputs (`models: [base, sspo]`), read back in order with
+    /// [`crate::RunContext::input_models`].
+    pub many: bool,
     pub doc: &'static str,
 }
 
@@ -46,6 +49,7 @@ impl Port {
             name,
             kind: PortKind::Table,
             required: true,
+            many: false,
             doc,
         }
     }
@@ -54,12 +58,37 @@ impl Port {
             name,
             kind: PortKind::Model,
             required: true,
+            many: false,
             doc,
         }
     }
     pub const fn optional(mut self) -> Self {
         self.required = false;
         self
+    }
+    /// Accepts a list of inputs as well as a single one.
+    pub const fn many(mut self) -> Self {
+        self.many = true;
+        self
+    }
+}
+
+/// The binding key of entry `index` of a list input (`models.0`), or the port itself.
+pub fn binding_key(port: &str, index: Option<usize>) -> String {
+    match index {
+        Some(k) => format!("{port}.{k}"),
+        None => port.to_string(),
+    }
+}
+
+/// The port and list index a binding key stands for.
+pub fn split_binding_key(key: &str) -> (&str, Option<usize>) {
+    match key.rsplit_once('.') {
+        Some((port, k)) => match k.parse() {
+            Ok(k) => (port, Some(k)),
+            Err(_) => (key, None),
+        },
+        None => (key, None),
     }
 }
 

@@ -10,7 +10,10 @@ use serde_json::json;
 
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::fingerprint::{canonical_json, hash_bytes, ContentHasher};
-use crate::operator::{Columns, ConfigureContext, NodeKernel, Operator, PortKind, Registry};
+use crate::operator::{
+    binding_key, split_binding_key, Columns, ConfigureContext, NodeKernel, Operator, PortKind,
+    Registry,
+};
 use crate::run::{Input, ModelRef, ModelSource};
 use crate::spec::{NodeSpec, Pipeline};
 use crate::store::NodeDir;
@@ -148,6 +151,16 @@ impl Plan {
                     continue;
                 };
                 if let Some(port) = port {
+                    if input.index.is_some() && !port.many {
+                        diags.push(Diagnostic::at(
+                            Some(input.target_loc.clone()),
+                            format!(
+                                "port `{}` of `{}` takes one input, not a list",
+                                port.name, spec.op
+                            ),
+                        ));
+                        continue;
+                    }
                     let kind_problem = match (&binding, port.kind) {
                         (Binding::Model(m), PortKind::Table) => Some(format!(
                             "port `{}` of `{}` takes a table, but `{m}` is a model",
@@ -167,7 +180,7 @@ impl Plan {
                         continue;
                     }
                 }
-                b.insert(input.port.clone(), binding);
+                b.insert(binding_key(&input.port, input.index), binding);
             }
             if let Some(op) = &op {
                 for port in op.ports().iter().filter(|p| p.required) {
@@ -390,7 +403,8 @@ impl Plan {
         let op_ports = node.op.ports();
         let mut out = BTreeMap::new();
         for (port, b) in &node.bindings {
-            let kind = op_ports.iter().find(|p| p.name == port).map(|p| p.kind);
+            let (base, _) = split_binding_key(port);
+            let kind = op_ports.iter().find(|p| p.name == base).map(|p| p.kind);
             let input = match (b, kind) {
                 (Binding::Node(j), Some(PortKind::Model)) => {
                     let id = self.nodes[*j].id().to_string();
@@ -520,5 +534,100 @@ mod tests {
         let mut sorted = cycle.clone();
         sorted.sort();
         assert_eq!(sorted, vec![0, 1, 2]);
+    }
+
+    /// An operator with a list port, to check list inputs bind in order.
+    struct Compare;
+    struct CompareKernel;
+    impl Operator for Compare {
+        fn name(&self) -> &'static str {
+            "compare"
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn summary(&self) -> &'static str {
+            "test operator"
+        }
+        fn ports(&self) -> &'static [crate::Port] {
+            const PORTS: &[crate::Port] = &[
+                crate::Port::model("models", "models to compare").many(),
+                crate::Port::model("judge", "one model"),
+            ];
+            PORTS
+        }
+        fn configure(
+            &self,
+            _params: &crate::Params,
+            _ctx: &ConfigureContext,
+        ) -> Result<std::sync::Arc<dyn NodeKernel>, Diagnostics> {
+            Ok(std::sync::Arc::new(CompareKernel))
+        }
+    }
+    impl NodeKernel for CompareKernel {
+        fn params_json(&self) -> serde_json::Value {
+            serde_json::Value::Null
+        }
+        fn output_columns(&self, _inputs: &BTreeMap<String, Columns>) -> Columns {
+            Columns::exact(["x"])
+        }
+        fn run(&self, _ctx: &mut crate::RunContext) -> Result<(), crate::OpError> {
+            Ok(())
+        }
+    }
+
+    fn plan_of(yaml: &str) -> Result<Plan, Diagnostics> {
+        let mut r = Registry::new();
+        r.register(std::sync::Arc::new(Compare));
+        let p = Pipeline::from_text(yaml, Path::new("p.yaml"), &[])?;
+        Plan::build(p, &r)
+    }
+
+    #[test]
+    fn a_list_port_binds_its_inputs_in_order() {
+        let plan = plan_of(
+            "models:\n  a: {builtin: tiny-test}\n  b: {builtin: tiny-synth}\nnodes:\n  c: {op: compare, inputs: {models: [b, a], judge: a}}\n",
+        )
+        .unwrap();
+        let keys: Vec<(&String, &Binding)> = plan.nodes[0].bindings.iter().collect();
+        assert_eq!(
+            keys,
+            vec![
+                (&"judge".to_string(), &Binding::Model("a".into())),
+                (&"models.0".to_string(), &Binding::Model("b".into())),
+                (&"models.1".to_string(), &Binding::Model("a".into())),
+            ]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let hasher = ContentHasher::new(None);
+        let fps = plan.fingerprints(&hasher).unwrap();
+        let inputs = plan.inputs_of(0, dir.path(), &fps, &hasher).unwrap();
+        assert!(matches!(inputs["models.1"], Input::Model(ref m) if m.name == "a"));
+    }
+
+    #[test]
+    fn a_list_on_a_single_port_is_an_error() {
+        let err = plan_of(
+            "models:\n  a: {builtin: tiny-test}\nnodes:\n  c: {op: compare, inputs: {models: [a], judge: [a]}}\n",
+        )
+        .err()
+        .expect("the plan is rejected")
+        .to_string();
+        assert!(
+            err.contains(
+                "p.yaml:4:50: error: port `judge` of `compare` takes one input, not a list"
+            ),
+            "{err}"
+        );
+        let err = plan_of(
+            "models:\n  a: {builtin: tiny-test}\nnodes:\n  c: {op: compare, inputs: {models: [], judge: a}}\n",
+        )
+        .err()
+        .expect("the plan is rejected")
+        .to_string();
+        assert!(
+            err.contains("input `models` of node `c` lists nothing"),
+            "{err}"
+        );
     }
 }

@@ -185,6 +185,35 @@ impl<'a> RunContext<'a> {
         }
     }
 
+    /// The models on a list port (`models: [base, sspo]`), in the order written; a single
+    /// name gives one.
+    pub fn input_models(&self, port: &str) -> Result<Vec<&ModelRef>, OpError> {
+        let mut found: Vec<(usize, &ModelRef)> = Vec::new();
+        for (key, input) in &self.inputs {
+            let (base, index) = crate::operator::split_binding_key(key);
+            if base != port {
+                continue;
+            }
+            match input {
+                Input::Model(m) => found.push((index.unwrap_or(0), m)),
+                Input::Table { .. } => {
+                    return Err(OpError::msg(format!("port `{port}` is a table port")))
+                }
+            }
+        }
+        if found.is_empty() {
+            return Err(OpError::msg(format!("port `{port}` is not connected")));
+        }
+        found.sort_by_key(|(k, _)| *k);
+        Ok(found.into_iter().map(|(_, m)| m).collect())
+    }
+
+    /// A short text printed at the end of the run (kept in the manifest as the metric
+    /// `summary`), e.g. an evaluation's headline numbers.
+    pub fn set_summary(&mut self, text: impl Into<String>) {
+        self.set_metric("summary", serde_json::Value::String(text.into()));
+    }
+
     pub fn has_input(&self, port: &str) -> bool {
         self.inputs.contains_key(port)
     }

@@ -32,6 +32,8 @@ pub struct ModelEntry {
 pub struct InputSpec {
     pub port: String,
     pub port_loc: Loc,
+    /// Position in a list input (`models: [a, b]`); `None` for a single name.
+    pub index: Option<usize>,
     pub target: String,
     pub target_loc: Loc,
 }
@@ -380,18 +382,37 @@ fn parse_node(k: &Node, v: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> {
         match &inp.value {
             Value::Map(entries) => {
                 for (pk, pv) in entries {
-                    let (Some(port), Some(target)) = (
-                        expect_str(pk, "a port name", diags),
-                        expect_str(pv, "a node or model name", diags),
-                    ) else {
+                    let Some(port) = expect_str(pk, "a port name", diags) else {
                         continue;
                     };
-                    inputs.push(InputSpec {
-                        port,
-                        port_loc: pk.loc.clone(),
-                        target,
-                        target_loc: pv.loc.clone(),
-                    });
+                    // A list names several inputs for one port, in order.
+                    let targets: Vec<(Option<usize>, &Node)> = match &pv.value {
+                        Value::Seq(items) if items.is_empty() => {
+                            diags.push(Diagnostic::at(
+                                Some(pv.loc.clone()),
+                                format!("input `{port}` of node `{id}` lists nothing"),
+                            ));
+                            continue;
+                        }
+                        Value::Seq(items) => items
+                            .iter()
+                            .enumerate()
+                            .map(|(k, n)| (Some(k), n))
+                            .collect(),
+                        _ => vec![(None, pv)],
+                    };
+                    for (index, node) in targets {
+                        let Some(target) = expect_str(node, "a node or model name", diags) else {
+                            continue;
+                        };
+                        inputs.push(InputSpec {
+                            port: port.clone(),
+                            port_loc: pk.loc.clone(),
+                            index,
+                            target,
+                            target_loc: node.loc.clone(),
+                        });
+                    }
                 }
             }
             Value::Null => {}

@@ -116,6 +116,14 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The end-of-run summary an operator left (metric `summary`).
+    pub fn summary(&self) -> Option<String> {
+        self.metrics
+            .get("summary")
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    }
+
     pub fn primary_rows(&self) -> u64 {
         self.rows.get("").copied().unwrap_or(0)
     }
