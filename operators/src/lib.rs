@@ -10,6 +10,7 @@ pub mod model_port;
 pub mod probe;
 pub mod segment;
 pub mod source;
+pub mod step_tokens;
 pub mod tasks;
 
 /// Every built-in operator.

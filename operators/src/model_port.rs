@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{json, Value};
 use sspo_engine::{ModelRef, ModelSource, OpError};
-use sspo_model::{parse_device, DType, LoadOptions, Model};
+use sspo_model::{parse_device, DType, LoadOptions, Model, TextTokenizer};
 use tch::Device;
 
 /// Loads the model of a port on `device` (`auto | cpu | cuda | cuda:N`).
@@ -98,6 +98,13 @@ fn load_dir(model: &ModelRef, dir: &Path, opts: &LoadOptions) -> Result<Model, O
 
 fn load_builtin(model: &ModelRef, name: &str, opts: &LoadOptions) -> Result<Model, OpError> {
     let who = format!("model `{}` (builtin {name})", model.name);
+    let dir = builtin_tokenizer_dir(&who, name)?;
+    Model::builtin(name, dir.path(), opts, builtin_seed(name))
+        .map_err(|e| OpError::msg(format!("{who}: {e}")))
+}
+
+/// A temporary directory holding the tokenizer files of built-in model `name`.
+fn builtin_tokenizer_dir(who: &str, name: &str) -> Result<TempDir, OpError> {
     let dir = TempDir::new("builtin-tokenizer")
         .map_err(|e| OpError::msg(format!("{who}: temporary directory: {e}")))?;
     match name {
@@ -106,8 +113,26 @@ fn load_builtin(model: &ModelRef, name: &str, opts: &LoadOptions) -> Result<Mode
         _ => write_task_tokenizer(name, dir.path())
             .map_err(|e| OpError::msg(format!("{who}: {e}")))?,
     }
-    Model::builtin(name, dir.path(), opts, builtin_seed(name))
-        .map_err(|e| OpError::msg(format!("{who}: {e}")))
+    Ok(dir)
+}
+
+/// Only the tokenizer of the model on a port (no weights are read): for operators that
+/// count tokens, such as `segment`.
+pub fn load_tokenizer(model: &ModelRef) -> Result<TextTokenizer, OpError> {
+    match &model.source {
+        ModelSource::Dir(dir) => {
+            let who = format!("model `{}` ({})", model.name, dir.display());
+            if !dir.join("tokenizer.json").is_file() {
+                return Err(OpError::msg(format!("{who}: missing tokenizer.json")));
+            }
+            TextTokenizer::from_dir(dir).map_err(|e| OpError::msg(format!("{who}: {e}")))
+        }
+        ModelSource::Builtin(name) => {
+            let who = format!("model `{}` (builtin {name})", model.name);
+            let dir = builtin_tokenizer_dir(&who, name)?;
+            TextTokenizer::from_dir(dir.path()).map_err(|e| OpError::msg(format!("{who}: {e}")))
+        }
+    }
 }
 
 /// The tokenizer of a built-in model other than `tiny-test`.

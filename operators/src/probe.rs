@@ -29,11 +29,12 @@ use serde_json::json;
 use sspo_engine::{
     Columns, ConfigureContext, Diagnostics, NodeKernel, OpError, Operator, Params, Port, RunContext,
 };
-use sspo_model::{Attention, Model, ModelError, PackedProbes, TextTokenizer};
+use sspo_model::{Attention, Model, ModelError, PackedProbes};
 use tch::{Kind, Tensor};
 
 use crate::generate::{cell, reference_answer, utf8_column};
 use crate::model_port::{encode_context, load_model, render_context};
+pub use crate::step_tokens::{trace_tokens, TraceTokens};
 use crate::tasks::AnswerFormat;
 
 /// The `probe` operator.
@@ -266,56 +267,6 @@ pub fn answer_continuation(trigger: &str, answer: &str) -> String {
     } else {
         format!(" {}", answer.trim())
     }
-}
-
-/// A rollout as token ids, with where each step and each probe boundary lies.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceTokens {
-    /// `context ⊕ s_1 ⊕ ... ⊕ s_K`.
-    pub ids: Vec<i64>,
-    /// Tokens of the context.
-    pub context_len: usize,
-    /// Token span of each step, `[start, end)`.
-    pub step_spans: Vec<(usize, usize)>,
-    /// Probe boundary `k = 0..K`: `context_len`, then the end of each step's text without
-    /// its trailing whitespace.
-    pub boundaries: Vec<usize>,
-}
-
-/// The tokenisation rule shared by `probe`, `pair` and `train`: the context is tokenised
-/// alone (no special tokens added: they are in its text), then each step alone, as its
-/// text without trailing whitespace followed by that whitespace. The trace is the
-/// concatenation, so every step and every boundary falls on a token boundary.
-pub fn trace_tokens(
-    tok: &TextTokenizer,
-    context: &str,
-    steps: &[&str],
-) -> Result<TraceTokens, ModelError> {
-    let mut ids = tok.encode(context, false)?;
-    let context_len = ids.len();
-    let mut step_spans = Vec::with_capacity(steps.len());
-    let mut boundaries = Vec::with_capacity(steps.len() + 1);
-    boundaries.push(context_len);
-    for s in steps {
-        let core = s.trim_end();
-        let ws = &s[core.len()..];
-        let start = ids.len();
-        if !core.is_empty() {
-            ids.extend(tok.encode(core, false)?);
-        }
-        let boundary = ids.len();
-        if !ws.is_empty() {
-            ids.extend(tok.encode(ws, false)?);
-        }
-        step_spans.push((start, ids.len()));
-        boundaries.push(boundary);
-    }
-    Ok(TraceTokens {
-        ids,
-        context_len,
-        step_spans,
-        boundaries,
-    })
 }
 
 /// What one boundary's probe gives.

@@ -25,7 +25,10 @@ use serde_json::json;
 use sspo_engine::{
     Columns, ConfigureContext, Diagnostics, NodeKernel, OpError, Operator, Params, Port, RunContext,
 };
-use tokenizers::Tokenizer;
+use sspo_model::TextTokenizer;
+
+use crate::model_port::load_tokenizer;
+use crate::step_tokens::trace_tokens;
 
 /// The `segment` operator.
 pub struct Segment;
@@ -222,7 +225,7 @@ pub struct TextSteps {
 /// Splits one text and computes its character and token spans.
 pub fn segment_text(
     splitter: &Splitter,
-    tokenizer: Option<&Tokenizer>,
+    tokenizer: Option<&TextTokenizer>,
     text: &str,
 ) -> Result<TextSteps, String> {
     let bytes = splitter.split(text);
@@ -239,28 +242,18 @@ pub fn segment_text(
         c += n;
     }
     let tokens = match tokenizer {
-        Some(tok) if !bytes.is_empty() => {
-            let enc = tok
-                .encode(text, false)
-                .map_err(|e| format!("tokenizer: {e}"))?;
-            let starts: Vec<usize> = enc.get_offsets().iter().map(|o| o.0).collect();
-            let n_tok = starts.len();
-            let mut spans = Vec::with_capacity(bytes.len());
-            let mut t = 0usize;
-            for (k, r) in bytes.iter().enumerate() {
-                let start = t;
-                if k + 1 == bytes.len() {
-                    t = n_tok;
-                } else {
-                    while t < n_tok && starts[t] < r.end {
-                        t += 1;
-                    }
-                }
-                spans.push((to_i32(start)?, to_i32(t)?));
-            }
-            Some(spans)
+        Some(tok) => {
+            // The shared rule (step by step), so spans index the tokens `probe` and
+            // `train` see for the same steps.
+            let steps: Vec<&str> = bytes.iter().map(|r| &text[r.clone()]).collect();
+            let tt = trace_tokens(tok, "", &steps).map_err(|e| format!("tokenizer: {e}"))?;
+            Some(
+                tt.step_spans
+                    .iter()
+                    .map(|&(a, b)| Ok((to_i32(a)?, to_i32(b)?)))
+                    .collect::<Result<Vec<_>, String>>()?,
+            )
         }
-        Some(_) => Some(Vec::new()),
         None => None,
     };
     Ok(TextSteps {
@@ -310,10 +303,17 @@ impl Operator for Segment {
         "splits responses into reasoning steps with character and token spans"
     }
     fn ports(&self) -> &'static [Port] {
-        const PORTS: &[Port] = &[Port::table(
-            "traces",
-            "rows with a text column to split (e.g. `generate`'s rollouts)",
-        )];
+        const PORTS: &[Port] = &[
+            Port::table(
+                "traces",
+                "rows with a text column to split (e.g. `generate`'s rollouts)",
+            ),
+            Port::model(
+                "model",
+                "the model whose tokenizer gives the token spans (only its tokenizer is read)",
+            )
+            .optional(),
+        ];
         PORTS
     }
     fn configure(
@@ -368,8 +368,9 @@ impl Operator for Segment {
                     params.error(&["tokenizer"], format!("no such file: {}", path.display())),
                 );
             } else {
-                match Tokenizer::from_file(&path) {
+                match tokenizers::Tokenizer::from_file(&path) {
                     Ok(tok) => {
+                        let tok = TextTokenizer::new(tok, serde_json::Value::Null);
                         tokenizer = Some(Arc::new(tok));
                         tokenizer_path = Some(path);
                     }
@@ -396,7 +397,7 @@ impl Operator for Segment {
 struct SegmentKernel {
     params: SegmentParams,
     splitter: Splitter,
-    tokenizer: Option<Arc<Tokenizer>>,
+    tokenizer: Option<Arc<TextTokenizer>>,
     tokenizer_path: Option<PathBuf>,
 }
 
@@ -471,10 +472,21 @@ impl NodeKernel for SegmentKernel {
                 col.data_type()
             ))
         })?;
+        let port_tokenizer = if ctx.has_input("model") {
+            if self.tokenizer.is_some() {
+                return Err(OpError::msg(
+                    "give either the `tokenizer` param or a `model` input, not both",
+                ));
+            }
+            Some(load_tokenizer(ctx.input_model("model")?)?)
+        } else {
+            None
+        };
+        let tok = port_tokenizer.as_ref().or(self.tokenizer.as_deref());
         let n = table.num_rows();
         let mut total_steps = 0u64;
         ctx.run_chunks(n, self.params.chunk_rows, |ctx, range| {
-            let (batch, empty) = self.segment_chunk(&texts, &key, key_name, range)?;
+            let (batch, empty) = self.segment_chunk(tok, &texts, &key, key_name, range)?;
             ctx.count(
                 "empty_texts",
                 empty,
@@ -491,12 +503,12 @@ impl NodeKernel for SegmentKernel {
 impl SegmentKernel {
     fn segment_chunk(
         &self,
+        tok: Option<&TextTokenizer>,
         texts: &TextColumn,
         key: &ArrayRef,
         key_name: &str,
         range: Range<usize>,
     ) -> Result<(RecordBatch, u64), OpError> {
-        let tok = self.tokenizer.as_deref();
         let per_row: Vec<Option<TextSteps>> = range
             .clone()
             .into_par_iter()
@@ -593,7 +605,7 @@ fn build_batch(
 /// Segments a whole column without the engine (benchmarks): the output batch.
 pub fn segment_column(
     splitter: &Splitter,
-    tokenizer: Option<&Tokenizer>,
+    tokenizer: Option<&TextTokenizer>,
     key: &ArrayRef,
     key_name: &str,
     texts: &ArrayRef,

@@ -282,3 +282,51 @@ fn segment_configure_errors_are_located() {
     let err = run(dir.path(), &pipeline(dir.path(), "{regex: 'x*'}", "id")).unwrap_err();
     assert!(err.contains("empty string"), "{err}");
 }
+
+/// With a `model` input, token spans follow the shared step-wise rule with that model's
+/// tokenizer: the spans `probe` and `train` use for the same steps after any context.
+#[test]
+fn segment_token_spans_from_a_model_port_match_the_probe_rule() {
+    use sspo_engine::{ModelRef, ModelSource};
+    use sspo_operators::model_port::load_tokenizer;
+    use sspo_operators::step_tokens::trace_tokens;
+
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "\
+models:
+  m: {builtin: tiny-synth}
+nodes:
+  problems: {op: source, params: {synth: {n: 6, seed: 3}}}
+  steps: {op: segment, inputs: {traces: problems, model: m}, params: {column: trace}}
+";
+    let run_dir = run(dir.path(), yaml).unwrap();
+    let (b, _) = table(&run_dir, "steps");
+    let (p, _) = table(&run_dir, "problems");
+    let tok = load_tokenizer(&ModelRef {
+        name: "m".into(),
+        source: ModelSource::Builtin("tiny-synth".into()),
+        options: Default::default(),
+        identity: String::new(),
+    })
+    .unwrap();
+    let keys = strings(&b, "id");
+    let texts = strings(&b, "text");
+    let (ts, te) = (ints(&b, "tok_start"), ints(&b, "tok_end"));
+    let context = "Q: some prompt\nA:";
+    for id in strings(&p, "id") {
+        let rows: Vec<usize> = (0..b.num_rows()).filter(|&j| keys[j] == id).collect();
+        assert!(rows.len() >= 3, "{id} has its steps");
+        let steps: Vec<&str> = rows.iter().map(|&j| texts[j].as_str()).collect();
+        let tt = trace_tokens(&tok, context, &steps).unwrap();
+        for (k, &j) in rows.iter().enumerate() {
+            let (a, e) = tt.step_spans[k];
+            assert_eq!(
+                (ts[j].unwrap() as usize, te[j].unwrap() as usize),
+                (a - tt.context_len, e - tt.context_len),
+                "{id} step {k}"
+            );
+            let decoded = tok.decode(&tt.ids[a..e], false).unwrap();
+            assert_eq!(decoded, steps[k], "{id} step {k} round-trips");
+        }
+    }
+}
