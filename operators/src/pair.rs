@@ -83,7 +83,8 @@ pub enum CutMode {
     /// The first boundary with `V_k ≥ τ` and a correct early-exit answer.
     #[default]
     Vvp,
-    /// A boundary drawn uniformly from `1..K−1` per rollout (the "without VVP" ablation).
+    /// A boundary drawn uniformly from `1..=K−2` per correct rollout (the "without VVP"
+    /// ablation).
     Random,
 }
 

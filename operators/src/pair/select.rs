@@ -14,13 +14,15 @@ pub fn vvp_cut(values: &[f64], early_correct: &[Option<bool>], tau: f64) -> Opti
         .find(|&k| values[k] >= tau && early_correct.get(k).copied().flatten() == Some(true))
 }
 
-/// A boundary drawn uniformly from `1..K` (`1..=K−1`) with `seed`; `None` when `K < 2`.
-/// The same seed always gives the same boundary.
+/// A boundary drawn uniformly from `1..=K−2` with `seed`; `None` when `K < 3`. (Cutting
+/// at `K−1` and then appending the rollout's own last step would rebuild the rollout
+/// unchanged, so the draw is over the boundaries that remove at least one step.) The same
+/// seed always gives the same boundary.
 pub fn random_cut(k_total: usize, seed: u64) -> Option<usize> {
-    if k_total < 2 {
+    if k_total < 3 {
         return None;
     }
-    let n = (k_total - 1) as u128;
+    let n = (k_total - 2) as u128;
     // Lemire's multiply-shift on a SplitMix64-mixed seed: uniform up to 2^-64 bias.
     let x = splitmix64(seed) as u128;
     Some(((x * n) >> 64) as usize + 1)
@@ -159,21 +161,21 @@ mod tests {
 
     #[test]
     fn random_cut_is_deterministic_and_in_range() {
-        assert_eq!(random_cut(1, 7), None);
+        assert_eq!(random_cut(2, 7), None);
         assert_eq!(random_cut(0, 7), None);
-        assert_eq!(random_cut(2, 7), Some(1));
+        assert_eq!(random_cut(3, 7), Some(1));
         let mut seen = [0usize; 6];
         for seed in 0..600u64 {
             let k = random_cut(6, seed).unwrap();
-            assert!((1..=5).contains(&k));
+            assert!((1..=4).contains(&k));
             assert_eq!(random_cut(6, seed), Some(k));
             seen[k] += 1;
         }
-        // Roughly uniform over 1..=5 (120 expected each).
-        for (k, &count) in seen.iter().enumerate().skip(1) {
-            assert!((70..=170).contains(&count), "boundary {k}: {count}");
+        // Roughly uniform over 1..=4 (150 expected each); never 0 or K−1 = 5.
+        for (k, &count) in seen.iter().enumerate().take(5).skip(1) {
+            assert!((100..=200).contains(&count), "boundary {k}: {count}");
         }
-        assert_eq!(seen[0], 0);
+        assert_eq!((seen[0], seen[5]), (0, 0));
     }
 
     #[test]
