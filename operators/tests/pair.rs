@@ -483,6 +483,21 @@ fn pairs_and_advantages_through_the_pipeline() {
     assert_eq!(worst.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
     let lens = q("SELECT pair_id, array_length(chosen_steps) AS k FROM pairs WHERE kind = 'compression' ORDER BY pair_id");
     assert_eq!(ints(&lens[0], "k"), [Some(2), Some(2), Some(2), Some(2)]);
+    let n_rows = |b: &[RecordBatch]| b.iter().map(|b| b.num_rows()).sum::<usize>();
+    let joined = q("SELECT a.rollout_id, a.step, a.rel_advantage, s.text \
+         FROM pairs_advantages a JOIN steps s ON a.rollout_id = s.rollout_id AND a.step = s.step \
+         WHERE a.id = 'q' ORDER BY a.rel_advantage LIMIT 5");
+    assert_eq!(n_rows(&joined), 5);
+    let cuts = q(
+        "SELECT cut_step, array_length(rejected_steps) AS k, saved_tokens \
+         FROM pairs WHERE kind = 'compression' ORDER BY saved_tokens DESC LIMIT 20",
+    );
+    assert_eq!(n_rows(&cuts), 4);
+    let lonely = q(
+        "SELECT r.id FROM rollouts r LEFT JOIN pairs p ON r.id = p.id \
+         GROUP BY r.id HAVING count(p.pair_id) = 0",
+    );
+    assert_eq!(n_rows(&lonely), 0);
 }
 
 #[test]
