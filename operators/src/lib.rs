@@ -7,6 +7,7 @@ use sspo_engine::Registry;
 
 pub mod generate;
 pub mod model_port;
+pub mod pair;
 pub mod probe;
 pub mod segment;
 pub mod source;
@@ -20,5 +21,6 @@ pub fn registry() -> Registry {
     r.register(Arc::new(segment::Segment));
     r.register(Arc::new(generate::Generate));
     r.register(Arc::new(probe::Probe));
+    r.register(Arc::new(pair::Pair));
     r
 }
