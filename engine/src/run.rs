@@ -302,10 +302,17 @@ impl<'a> RunContext<'a> {
             self.dir.wipe()?;
             self.manifest = None;
         }
+        // Indices past the last chunk are final records ([`Self::commit_final`]).
         let done: std::collections::HashSet<u64> = self
             .manifest
             .as_ref()
-            .map(|m| m.chunks.iter().map(|c| c.index).collect())
+            .map(|m| {
+                m.chunks
+                    .iter()
+                    .map(|c| c.index)
+                    .filter(|i| *i < n_chunks as u64)
+                    .collect()
+            })
             .unwrap_or_default();
         let done_rows: usize = (0..n_chunks)
             .filter(|i| done.contains(&(*i as u64)))
@@ -390,6 +397,69 @@ impl<'a> RunContext<'a> {
         self.dir.write_manifest(&m)?;
         self.manifest = Some(m);
         Ok(())
+    }
+
+    /// All rows of this node's own `table` ("" = the primary table) committed so far, by
+    /// this run or by the interrupted runs it resumes.
+    pub fn committed_table(&self, table: &str) -> Result<RecordBatch, OpError> {
+        let m = self
+            .manifest
+            .as_ref()
+            .ok_or_else(|| OpError::msg("the node has committed nothing yet"))?;
+        Ok(self.dir.read_table(m, table)?)
+    }
+
+    /// Commits extra tables computed from the node's whole output (a summary over all
+    /// rows), after the chunk loop. They are recorded as one more chunk record, index
+    /// `ceil(input_rows / chunk_rows)` (one past the last chunk) with an empty input range
+    /// at the end of the input; the chunk loop ignores it when it resumes, and a run that
+    /// commits final tables again (a resume after an interruption that came after this
+    /// commit) replaces the earlier ones.
+    pub fn commit_final(&mut self, tables: Vec<(String, RecordBatch)>) -> Result<(), OpError> {
+        let mut m = self.manifest.take().ok_or_else(|| {
+            OpError::msg("final tables are committed after the chunk loop has committed a chunk")
+        })?;
+        let index = m.input_rows.div_ceil(m.chunk_rows.max(1)).max(1);
+        if let Some(pos) = m.chunks.iter().position(|c| c.index == index) {
+            let old = m.chunks.remove(pos);
+            for f in &old.files {
+                if let Some(r) = m.rows.get_mut(&f.table) {
+                    *r = r.saturating_sub(f.rows);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        for (table, batch) in &tables {
+            if table.is_empty() {
+                self.manifest = Some(m);
+                return Err(OpError::msg(
+                    "final tables are extra tables: the primary table is written by chunks",
+                ));
+            }
+            match self.dir.write_part(table, index, batch) {
+                Ok(f) => files.push(f),
+                Err(e) => {
+                    self.manifest = Some(m);
+                    return Err(e.into());
+                }
+            }
+            m.schema
+                .insert(table.clone(), schema_records(&batch.schema()));
+        }
+        for f in &files {
+            *m.rows.entry(f.table.clone()).or_default() += f.rows;
+        }
+        m.chunks.push(ChunkRecord {
+            index,
+            input_start: m.input_rows,
+            input_end: m.input_rows,
+            files,
+        });
+        m.chunks.sort_by_key(|c| c.index);
+        self.stamp(&mut m);
+        let written = self.dir.write_manifest(&m);
+        self.manifest = Some(m);
+        Ok(written?)
     }
 
     fn stamp(&mut self, m: &mut Manifest) {
