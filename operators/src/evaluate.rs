@@ -410,7 +410,7 @@ impl NodeKernel for EvaluateKernel {
             "summary_table",
             serde_json::to_value(&summary).unwrap_or_else(|_| json!([])),
         );
-        ctx.set_summary(summary_text(&ctx.node_id, &summary, base));
+        ctx.set_summary(summary_text(&summary, base));
         Ok(())
     }
 }
@@ -810,8 +810,9 @@ pub fn summary_batch(rows: &[ModelSummary]) -> Result<RecordBatch, OpError> {
 }
 
 /// A few lines the CLI prints at the end of the run.
-pub fn summary_text(node: &str, rows: &[ModelSummary], base: usize) -> String {
-    let mut out = format!("{node}: accuracy and response length per model");
+/// (The CLI prints it under the node's name.)
+pub fn summary_text(rows: &[ModelSummary], base: usize) -> String {
+    let mut out = String::from("accuracy and response length per model (n = responses):");
     let width = rows.iter().map(|r| r.model.len()).max().unwrap_or(0);
     for (i, r) in rows.iter().enumerate() {
         let mut line = format!(
@@ -940,7 +941,7 @@ mod tests {
             .collect();
         assert_eq!(names, SUMMARY_COLUMNS);
         assert_eq!(b.num_rows(), 3);
-        let text = summary_text("eval", &s, 1);
+        let text = summary_text(&s, 1);
         assert!(text.contains("(base)"), "{text}");
         assert!(text.contains("length reduction -166.7%"), "{text}");
     }

@@ -375,7 +375,8 @@ fn markdown(r: &ReportInput) -> String {
             continue;
         }
         let lo = b as i32 * width;
-        let _ = write!(out, "| {lo}–{} |", lo + width - 1);
+        let hi = (lo + width - 1).min(max_tokens(r).max(lo));
+        let _ = write!(out, "| {lo}–{hi} |");
         for v in &per {
             let (ok, n) = v[b];
             if n == 0 {
