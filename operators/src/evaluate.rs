@@ -394,6 +394,11 @@ impl NodeKernel for EvaluateKernel {
         let all = ctx.committed_table("")?;
         let per_model = PerModel::from_table(&all, &names)?;
         let summary = summarize(&per_model, base);
+        ctx.set_metric(
+            "summary_table",
+            serde_json::to_value(&summary).unwrap_or_else(|_| json!([])),
+        );
+        ctx.set_summary(summary_text(&summary, base));
         ctx.commit_final(vec![("summary".into(), summary_batch(&summary)?)])?;
         report::write_report(
             ctx.node_dir(),
@@ -406,11 +411,6 @@ impl NodeKernel for EvaluateKernel {
                 samples: p.samples,
             },
         )?;
-        ctx.set_metric(
-            "summary_table",
-            serde_json::to_value(&summary).unwrap_or_else(|_| json!([])),
-        );
-        ctx.set_summary(summary_text(&summary, base));
         Ok(())
     }
 }
@@ -1016,6 +1016,30 @@ mod tests {
                 .num_rows(),
             4
         );
+    }
+
+    #[test]
+    fn params_defaults_and_null_split() {
+        let p: EvaluateParams = Params::from_json(&json!({})).parse().unwrap();
+        assert_eq!(p.split_filter(), Some("test"));
+        assert_eq!((p.samples, p.temperature, p.chunk_rows), (1, 0.0, 8));
+        assert_eq!(p.delimiter, "\n\n");
+        assert_eq!(p.answer.format, AnswerFormat::Auto);
+        let p: EvaluateParams =
+            Params::from_json(&json!({"split": null, "answer": {"format": "gsm8k"}}))
+                .parse()
+                .unwrap();
+        assert_eq!(p.split_filter(), None);
+        assert_eq!(p.generation().answer_format, AnswerFormat::Gsm8k);
+        let p: EvaluateParams = Params::from_json(&json!({"split": "all"})).parse().unwrap();
+        assert_eq!(p.split_filter(), None);
+        let params = Params::from_json(&json!({"limit": 0, "delimiter": "", "split": " "}));
+        let p: EvaluateParams = params.parse().unwrap();
+        assert_eq!(p.check(&params).len(), 3);
+        // `batch_size` does not change the rows, so it is not in the fingerprint.
+        let k = EvaluateKernel { params: p };
+        assert!(k.params_json().get("batch_size").is_none());
+        assert!(k.params_json().get("split").is_some());
     }
 
     #[test]
