@@ -168,8 +168,17 @@ fn per_sample_rows_summary_sql_and_report() {
     // Both models answer a prompt's sample with the same seed.
     let seeds = floats(&b, "seed");
     assert_eq!(seeds[..2 * n], seeds[2 * n..]);
-    // The oracle is the synthetic task's: known for every row.
-    assert!(floats(&b, "oracle_tokens").iter().all(Option::is_some));
+    // The oracle is the synthetic task's: known for every row, and under the
+    // `tiny-synth` tokenizer one more than the source's count (the token that ends a
+    // response).
+    let source_oracle: std::collections::HashMap<String, f64> = strings(&problems, "id")
+        .into_iter()
+        .zip(floats(&problems, "oracle_tokens"))
+        .map(|(id, n)| (id, n.unwrap()))
+        .collect();
+    for (id, n) in ids.iter().zip(floats(&b, "oracle_tokens")) {
+        assert_eq!(n, Some(source_oracle[id] + 1.0), "{id}");
+    }
     let n_tok = ints(&b, "n_tokens");
     let n_steps = ints(&b, "n_steps");
     for (i, resp) in strings(&b, "response").iter().enumerate() {
