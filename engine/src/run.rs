@@ -302,10 +302,17 @@ impl<'a> RunContext<'a> {
             self.dir.wipe()?;
             self.manifest = None;
         }
+        // Indices past the last chunk are final records ([`Self::commit_final`]).
         let done: std::collections::HashSet<u64> = self
             .manifest
             .as_ref()
-            .map(|m| m.chunks.iter().map(|c| c.index).collect())
+            .map(|m| {
+                m.chunks
+                    .iter()
+                    .map(|c| c.index)
+                    .filter(|i| *i < n_chunks as u64)
+                    .collect()
+            })
             .unwrap_or_default();
         let done_rows: usize = (0..n_chunks)
             .filter(|i| done.contains(&(*i as u64)))
@@ -392,6 +399,72 @@ impl<'a> RunContext<'a> {
         Ok(())
     }
 
+    /// All rows of this node's own `table` ("" = the primary table) committed so far, by
+    /// this run or by the interrupted runs it resumes.
+    pub fn committed_table(&self, table: &str) -> Result<RecordBatch, OpError> {
+        let m = self
+            .manifest
+            .as_ref()
+            .ok_or_else(|| OpError::msg("the node has committed nothing yet"))?;
+        Ok(self.dir.read_table(m, table)?)
+    }
+
+    /// Commits extra tables computed from the node's whole output (a summary over all
+    /// rows), after the chunk loop. They are recorded as one more chunk record, index
+    /// `ceil(input_rows / chunk_rows)` (one past the last chunk) with an empty input range
+    /// at the end of the input; the chunk loop ignores it when it resumes, and a run that
+    /// commits final tables again (a resume after an interruption that came after this
+    /// commit) replaces the earlier ones.
+    pub fn commit_final(&mut self, tables: Vec<(String, RecordBatch)>) -> Result<(), OpError> {
+        if tables.iter().any(|(t, _)| t.is_empty()) {
+            return Err(OpError::msg(
+                "final tables are extra tables: the primary table is written by chunks",
+            ));
+        }
+        let index = {
+            let m = self.manifest.as_ref().ok_or_else(|| {
+                OpError::msg(
+                    "final tables are committed after the chunk loop has committed a chunk",
+                )
+            })?;
+            m.input_rows.div_ceil(m.chunk_rows.max(1)).max(1)
+        };
+        // Parts first (invisible until the manifest lists them), then the manifest.
+        let mut files = Vec::new();
+        for (table, batch) in &tables {
+            files.push(self.dir.write_part(table, index, batch)?);
+        }
+        let Some(mut m) = self.manifest.take() else {
+            return Err(OpError::msg("the manifest vanished"));
+        };
+        if let Some(pos) = m.chunks.iter().position(|c| c.index == index) {
+            let old = m.chunks.remove(pos);
+            for f in &old.files {
+                if let Some(r) = m.rows.get_mut(&f.table) {
+                    *r = r.saturating_sub(f.rows);
+                }
+            }
+        }
+        for (table, batch) in &tables {
+            m.schema
+                .insert(table.clone(), schema_records(&batch.schema()));
+        }
+        for f in &files {
+            *m.rows.entry(f.table.clone()).or_default() += f.rows;
+        }
+        m.chunks.push(ChunkRecord {
+            index,
+            input_start: m.input_rows,
+            input_end: m.input_rows,
+            files,
+        });
+        m.chunks.sort_by_key(|c| c.index);
+        self.stamp(&mut m);
+        let written = self.dir.write_manifest(&m);
+        self.manifest = Some(m);
+        Ok(written?)
+    }
+
     fn stamp(&mut self, m: &mut Manifest) {
         let now = now_s();
         m.elapsed_s += self.started.elapsed().as_secs_f64();
@@ -428,7 +501,68 @@ pub fn chunk_range(i: usize, chunk_rows: usize, input_rows: usize) -> Range<usiz
 
 #[cfg(test)]
 mod tests {
-    use super::chunk_range;
+    use super::*;
+    use crate::progress::{Progress, ProgressMode};
+    use arrow::array::Int64Array;
+    use std::sync::Arc;
+
+    fn batch(rows: Range<usize>) -> RecordBatch {
+        let col = Int64Array::from_iter_values(rows.map(|i| i as i64));
+        RecordBatch::try_from_iter(vec![("i", Arc::new(col) as arrow::array::ArrayRef)]).unwrap()
+    }
+
+    #[test]
+    fn final_tables_commit_after_the_chunks_and_are_replaced_on_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let progress = Progress::new(ProgressMode::Quiet);
+        let bar = progress.node("n", "rows");
+        let log = |_: &str| {};
+        let ctx = |manifest| {
+            RunContext::new(
+                "n".into(),
+                "t".into(),
+                1,
+                "f".into(),
+                0,
+                "cpu".into(),
+                dir.path().to_path_buf(),
+                BTreeMap::new(),
+                &bar,
+                manifest,
+                &log,
+            )
+        };
+        let mut c = ctx(None);
+        assert!(c.commit_final(vec![("s".into(), batch(0..1))]).is_err());
+        c.run_chunks(5, 2, |_, r| Ok(batch(r).into())).unwrap();
+        assert_eq!(c.committed_table("").unwrap().num_rows(), 5);
+        c.commit_final(vec![("s".into(), batch(0..2))]).unwrap();
+        let m = c.resumed_manifest().unwrap().clone();
+        assert_eq!(m.chunks.len(), 4);
+        assert_eq!(m.chunks[3].index, 3);
+        assert_eq!((m.chunks[3].input_start, m.chunks[3].input_end), (5, 5));
+        assert_eq!(m.rows.get("s"), Some(&2));
+        assert!(c.commit_final(vec![(String::new(), batch(0..1))]).is_err());
+        assert_eq!(
+            c.resumed_manifest(),
+            Some(&m),
+            "a refused commit changes nothing"
+        );
+
+        // A later run of the same plan: no chunk is redone, the final table is replaced.
+        let mut c = ctx(c.dir.read_manifest().unwrap());
+        c.run_chunks(5, 2, |_, _| {
+            Err(OpError::msg("no chunk is left to compute"))
+        })
+        .unwrap();
+        c.commit_final(vec![("s".into(), batch(0..3))]).unwrap();
+        let m = c.dir.read_manifest().unwrap().unwrap();
+        assert_eq!(m.chunks.len(), 4);
+        assert_eq!(m.rows.get("s"), Some(&3));
+        assert_eq!(m.rows.get(""), Some(&5));
+        assert_eq!(c.dir.read_table(&m, "s").unwrap().num_rows(), 3);
+        assert_eq!(c.finish().unwrap().state, NodeState::Complete);
+    }
 
     #[test]
     fn chunks_cover_the_input_once() {

@@ -243,28 +243,24 @@ impl NodeKernel for GenerateKernel {
             let Some(m) = model.as_ref() else {
                 return Err(OpError::msg("model not loaded"));
             };
-            let out = generate_chunk(ctx, m, &self.params, &input, range, &mut stats)?;
-            ctx.count(
-                "empty_prompts",
-                out.empty_prompts,
-                "prompts were empty and skipped",
-            );
-            ctx.count(
-                "prompts_too_long",
-                out.too_long,
-                "prompts did not fit the model's context with max_new_tokens and were skipped",
-            );
-            ctx.count(
-                "missing_ids",
-                out.missing_ids,
-                "prompt rows had no id and were skipped",
-            );
+            let gen = generate_rows(ctx, m, &self.params, &input, range, false, &mut stats)?;
+            gen.skipped.record(ctx);
+            let mut b = OutputBuilder::with_capacity(gen.outputs.len());
+            for (r, sample, seed, out) in &gen.outputs {
+                b.push(
+                    &gen.rows[*r],
+                    *sample,
+                    *seed,
+                    out,
+                    &self.params.answer_format,
+                );
+            }
             ctx.count(
                 "empty_responses",
-                out.empty_responses,
+                gen.empty_responses(),
                 "responses were empty (kept)",
             );
-            Ok(out.batch.into())
+            Ok(b.finish()?.into())
         })?;
         if stats.rollouts > 0 {
             ctx.set_metric("rollouts_this_run", json!(stats.rollouts));
@@ -275,7 +271,8 @@ impl NodeKernel for GenerateKernel {
     }
 }
 
-fn load_checked(
+/// Loads the model of a port and checks that `max_new_tokens` leaves room for a prompt.
+pub(crate) fn load_checked(
     model_ref: &ModelRef,
     device: &str,
     params: &GenerateParams,
@@ -292,21 +289,21 @@ fn load_checked(
 }
 
 /// Rollouts and tokens generated in this run, for progress and metrics.
-struct Throughput {
+pub(crate) struct Throughput {
     start: Instant,
-    rollouts: u64,
-    tokens: u64,
+    pub(crate) rollouts: u64,
+    pub(crate) tokens: u64,
 }
 
 impl Throughput {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Throughput {
             start: Instant::now(),
             rollouts: 0,
             tokens: 0,
         }
     }
-    fn tokens_per_s(&self) -> f64 {
+    pub(crate) fn tokens_per_s(&self) -> f64 {
         self.tokens as f64 / self.start.elapsed().as_secs_f64().max(1e-9)
     }
     fn extra(&self) -> String {
@@ -369,18 +366,50 @@ pub(crate) fn reference_answer(fmt: &AnswerFormat, raw: Option<&str>) -> Option<
 
 /// One prompt row ready to generate.
 pub(crate) struct PromptRow<'a> {
-    id: &'a str,
-    prompt: &'a str,
-    answer: Option<String>,
-    context: String,
+    /// The row's index in the input table.
+    pub(crate) index: usize,
+    pub(crate) id: &'a str,
+    pub(crate) prompt: &'a str,
+    /// The reference answer, as `answer_format` reads it.
+    pub(crate) answer: Option<String>,
+    /// The exact model input text.
+    pub(crate) context: String,
 }
 
-struct ChunkResult {
-    batch: RecordBatch,
-    empty_prompts: u64,
-    too_long: u64,
-    missing_ids: u64,
-    empty_responses: u64,
+/// Prompt rows skipped before generation, by reason.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Skipped {
+    pub(crate) empty_prompts: u64,
+    pub(crate) too_long: u64,
+    pub(crate) missing_ids: u64,
+    /// Only when a reference answer is required (`evaluate`).
+    pub(crate) missing_answers: u64,
+}
+
+impl Skipped {
+    /// Adds the counts to the node's counters (and logs them).
+    pub(crate) fn record(&self, ctx: &mut RunContext) {
+        ctx.count(
+            "empty_prompts",
+            self.empty_prompts,
+            "prompts were empty and skipped",
+        );
+        ctx.count(
+            "prompts_too_long",
+            self.too_long,
+            "prompts did not fit the model's context with max_new_tokens and were skipped",
+        );
+        ctx.count(
+            "missing_ids",
+            self.missing_ids,
+            "prompt rows had no id and were skipped",
+        );
+        ctx.count(
+            "missing_answers",
+            self.missing_answers,
+            "prompt rows had no reference answer and were skipped",
+        );
+    }
 }
 
 /// The requests of a chunk of prompt rows, and the rows that were skipped.
@@ -389,19 +418,19 @@ pub(crate) struct Prepared<'a> {
     requests: Vec<GenerationRequest>,
     /// `(index into rows, sample, seed)` of each request.
     owners: Vec<(usize, i32, u64)>,
-    empty_prompts: u64,
-    too_long: u64,
-    missing_ids: u64,
+    skipped: Skipped,
 }
 
 /// Renders and tokenises the prompts of `range`, skipping (and counting) rows without an
-/// id, with an empty prompt, or whose prompt leaves fewer than `max_new_tokens` positions
-/// of the model's context; `seed_of(id, sample)` gives each request's seed.
+/// id, with an empty prompt, whose prompt leaves fewer than `max_new_tokens` positions
+/// of the model's context, or (with `require_answer`) without a reference answer;
+/// `seed_of(id, sample)` gives each request's seed.
 pub(crate) fn prepare<'a>(
     model: &Model,
     p: &GenerateParams,
     input: &'a PromptColumns,
     range: Range<usize>,
+    require_answer: bool,
     seed_of: impl Fn(&str, i32) -> u64,
 ) -> Result<Prepared<'a>, OpError> {
     let max_pos = model.decoder.config().max_position_embeddings as usize;
@@ -410,18 +439,24 @@ pub(crate) fn prepare<'a>(
         rows: Vec::new(),
         requests: Vec::new(),
         owners: Vec::new(),
-        empty_prompts: 0,
-        too_long: 0,
-        missing_ids: 0,
+        skipped: Skipped::default(),
     };
     for i in range {
         let Some(id) = cell(&input.id, i) else {
-            out.missing_ids += 1;
+            out.skipped.missing_ids += 1;
             continue;
         };
         let prompt = cell(&input.prompt, i).unwrap_or("");
         if prompt.trim().is_empty() {
-            out.empty_prompts += 1;
+            out.skipped.empty_prompts += 1;
+            continue;
+        }
+        let answer = reference_answer(
+            &p.answer_format,
+            input.answer.as_ref().and_then(|a| cell(a, i)),
+        );
+        if require_answer && answer.is_none() {
+            out.skipped.missing_answers += 1;
             continue;
         }
         let context = render_context(model, prompt, &p.prompt_template, p.chat_template)
@@ -429,17 +464,13 @@ pub(crate) fn prepare<'a>(
         let ids = encode_context(model, &context)
             .map_err(|e| OpError::msg(format!("prompt `{id}`: {e}")))?;
         if ids.is_empty() {
-            out.empty_prompts += 1;
+            out.skipped.empty_prompts += 1;
             continue;
         }
         if ids.len() > max_prompt {
-            out.too_long += 1;
+            out.skipped.too_long += 1;
             continue;
         }
-        let answer = reference_answer(
-            &p.answer_format,
-            input.answer.as_ref().and_then(|a| cell(a, i)),
-        );
         let r = out.rows.len();
         for s in 0..p.samples {
             let sample = s as i32;
@@ -458,6 +489,7 @@ pub(crate) fn prepare<'a>(
             });
         }
         out.rows.push(PromptRow {
+            index: i,
             id,
             prompt,
             answer,
@@ -467,22 +499,44 @@ pub(crate) fn prepare<'a>(
     Ok(out)
 }
 
-fn generate_chunk(
+/// The responses to one chunk of prompt rows.
+pub(crate) struct Generated<'a> {
+    /// The prompt rows that were generated for.
+    pub(crate) rows: Vec<PromptRow<'a>>,
+    /// `(index into rows, sample, seed, output)`, in prompt order then sample order.
+    pub(crate) outputs: Vec<(usize, i32, u64, GenerationOutput)>,
+    pub(crate) skipped: Skipped,
+}
+
+impl Generated<'_> {
+    /// Responses that are empty or whitespace.
+    pub(crate) fn empty_responses(&self) -> u64 {
+        self.outputs
+            .iter()
+            .filter(|(_, _, _, o)| o.text.trim().is_empty())
+            .count() as u64
+    }
+}
+
+/// Generates `p.samples` responses for every usable prompt row of `range` with `model`
+/// (continuous batching, `p.batch_size` slots), each request seeded by
+/// `row_seed(id, sample)`; skipped rows are counted in the result (see [`prepare`]).
+/// `generate` and `evaluate` both generate through this function.
+pub(crate) fn generate_rows<'a>(
     ctx: &RunContext,
     model: &Model,
     p: &GenerateParams,
-    input: &PromptColumns,
+    input: &'a PromptColumns,
     range: Range<usize>,
+    require_answer: bool,
     stats: &mut Throughput,
-) -> Result<ChunkResult, OpError> {
+) -> Result<Generated<'a>, OpError> {
     let Prepared {
         rows,
         requests,
         owners,
-        empty_prompts,
-        too_long,
-        missing_ids,
-    } = prepare(model, p, input, range, |id, sample| {
+        skipped,
+    } = prepare(model, p, input, range, require_answer, |id, sample| {
         ctx.row_seed(&[id.as_bytes(), &sample.to_le_bytes()])
     })?;
     let gen = Generator::new(
@@ -502,22 +556,39 @@ fn generate_chunk(
         outputs[i] = Some(out);
     })
     .map_err(|e| OpError::msg(format!("generation failed: {e}")))?;
-    let mut b = OutputBuilder::with_capacity(requests.len());
-    let mut empty_responses = 0u64;
-    for ((r, sample, seed), out) in owners.into_iter().zip(outputs) {
-        let out = out.ok_or_else(|| OpError::msg("a request never finished"))?;
-        if out.text.trim().is_empty() {
-            empty_responses += 1;
-        }
-        b.push(&rows[r], sample, seed, &out, &p.answer_format);
-    }
-    Ok(ChunkResult {
-        batch: b.finish()?,
-        empty_prompts,
-        too_long,
-        missing_ids,
-        empty_responses,
+    let outputs = owners
+        .into_iter()
+        .zip(outputs)
+        .map(|((r, sample, seed), out)| {
+            out.map(|o| (r, sample, seed, o))
+                .ok_or_else(|| OpError::msg("a request never finished"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Generated {
+        rows,
+        outputs,
+        skipped,
     })
+}
+
+/// `stop` (eos token or stop string) or `length` (`max_new_tokens` reached).
+pub(crate) fn finish_reason_name(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Length => "length",
+        FinishReason::Stop | FinishReason::Eos => "stop",
+    }
+}
+
+/// The final answer `fmt` reads in `response`, and whether it matches `reference`
+/// (`false` without a predicted answer, `None` without a reference).
+pub(crate) fn judge(
+    fmt: &AnswerFormat,
+    response: &str,
+    reference: Option<&str>,
+) -> (Option<String>, Option<bool>) {
+    let pred = fmt.extract(response);
+    let correct = reference.map(|r| pred.as_deref().is_some_and(|p| fmt.verify(p, r)));
+    (pred, correct)
 }
 
 struct OutputBuilder {
@@ -568,17 +639,11 @@ impl OutputBuilder {
         self.response.append_value(&out.text);
         self.n_tokens
             .append_value(i32::try_from(out.n_tokens).unwrap_or(i32::MAX));
-        self.finish_reason.append_value(match out.finish_reason {
-            FinishReason::Length => "length",
-            FinishReason::Stop | FinishReason::Eos => "stop",
-        });
-        let pred = fmt.extract(&out.text);
+        self.finish_reason
+            .append_value(finish_reason_name(out.finish_reason));
+        let (pred, correct) = judge(fmt, &out.text, row.answer.as_deref());
         self.pred_answer.append_option(pred.as_deref());
-        self.correct.append_option(
-            row.answer
-                .as_deref()
-                .map(|r| pred.as_deref().is_some_and(|p| fmt.verify(p, r))),
-        );
+        self.correct.append_option(correct);
         self.seed.append_value(seed);
         self.answer.append_option(row.answer.as_deref());
         self.context.append_value(&row.context);
@@ -658,7 +723,7 @@ mod tests {
             max_new_tokens: 16,
             ..Default::default()
         };
-        let prep = prepare(&model, &p, &input, 0..5, |id, s| {
+        let prep = prepare(&model, &p, &input, 0..5, false, |id, s| {
             id.len() as u64 * 10 + s as u64
         })
         .unwrap();
@@ -666,10 +731,25 @@ mod tests {
         assert_eq!(prep.rows[0].answer.as_deref(), Some("5"));
         assert_eq!(prep.requests.len(), 2);
         assert_eq!(prep.owners, vec![(0, 0, 10), (0, 1, 11)]);
-        assert_eq!(prep.missing_ids, 1);
-        assert_eq!(prep.empty_prompts, 2);
-        assert_eq!(prep.too_long, 1);
+        assert_eq!(
+            prep.skipped,
+            Skipped {
+                missing_ids: 1,
+                empty_prompts: 2,
+                too_long: 1,
+                missing_answers: 0
+            }
+        );
         assert_eq!(prep.requests[0].prompt_ids.len(), 4);
+        // With a reference required, the two rows without one are skipped as such.
+        let input = PromptColumns {
+            id: StringArray::from(vec!["a", "b", "c"]),
+            prompt: StringArray::from(vec!["1+1?", "2+2?", "3+3?"]),
+            answer: Some(StringArray::from(vec![Some("2"), Some("  "), None])),
+        };
+        let prep = prepare(&model, &p, &input, 0..3, true, |_, _| 0).unwrap();
+        assert_eq!(prep.rows.len(), 1);
+        assert_eq!(prep.skipped.missing_answers, 2);
     }
 
     #[test]
@@ -686,7 +766,7 @@ mod tests {
             chat_template: true,
             ..Default::default()
         };
-        let prep = prepare(&model, &p, &input, 0..1, |_, _| 0).unwrap();
+        let prep = prepare(&model, &p, &input, 0..1, false, |_, _| 0).unwrap();
         assert_eq!(
             prep.rows[0].context,
             "<|im_start|>user\nQ: 2+3?\nA:<|im_end|>\n<|im_start|>assistant\n"
@@ -702,6 +782,7 @@ mod tests {
     #[test]
     fn rows_without_reference_have_null_correct() {
         let row = PromptRow {
+            index: 0,
             id: "a",
             prompt: "p",
             answer: None,
@@ -710,6 +791,7 @@ mod tests {
         let with_ref = PromptRow {
             answer: Some("5".into()),
             ..PromptRow {
+                index: 1,
                 id: "b",
                 prompt: "p",
                 answer: None,

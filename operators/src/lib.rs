@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use sspo_engine::Registry;
 
+pub mod evaluate;
 pub mod generate;
 pub mod model_port;
 pub mod pair;
@@ -22,5 +23,6 @@ pub fn registry() -> Registry {
     r.register(Arc::new(generate::Generate));
     r.register(Arc::new(probe::Probe));
     r.register(Arc::new(pair::Pair));
+    r.register(Arc::new(evaluate::Evaluate));
     r
 }
