@@ -81,15 +81,6 @@ pub const SUMMARY_COLUMNS: [&str; 12] = [
 /// The default oracle column (written by `source` with `synth:`).
 pub const DEFAULT_ORACLE_COLUMN: &str = "oracle_trace";
 
-/// `answer:` — how final answers are read.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AnswerParams {
-    /// How the final answer is written in responses (and read from the reference).
-    #[serde(default)]
-    pub format: AnswerFormat,
-}
-
 /// Params of `evaluate`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -128,9 +119,10 @@ pub struct EvaluateParams {
     /// Wrap the prompt in the model's chat template.
     #[serde(default)]
     pub chat_template: bool,
-    /// How final answers are read.
+    /// How the final answer is written in responses (and read from the reference), as in
+    /// `generate`.
     #[serde(default)]
-    pub answer: AnswerParams,
+    pub answer_format: AnswerFormat,
     /// The baseline model's name among `models`; default the first.
     #[serde(default)]
     pub base: Option<String>,
@@ -185,7 +177,7 @@ impl Default for EvaluateParams {
             batch_size: default_batch_size(),
             prompt_template: default_prompt_template(),
             chat_template: false,
-            answer: AnswerParams::default(),
+            answer_format: AnswerFormat::Auto,
             base: None,
             delimiter: default_delimiter(),
             oracle: None,
@@ -207,7 +199,7 @@ impl EvaluateParams {
             chat_template: self.chat_template,
             prompt_template: self.prompt_template.clone(),
             batch_size: self.batch_size,
-            answer_format: self.answer.format,
+            answer_format: self.answer_format,
             chunk_rows: self.chunk_rows,
         }
     }
@@ -359,7 +351,7 @@ impl NodeKernel for EvaluateKernel {
                 let oracle = *oracle_tokens
                     .entry(row.index)
                     .or_insert_with(|| oracle_length(model, oracle_col.as_ref(), row.index));
-                let (pred, correct) = judge(&p.answer.format, &out.text, row.answer.as_deref());
+                let (pred, correct) = judge(&p.answer_format, &out.text, row.answer.as_deref());
                 b.model.append_value(&model_ref.name);
                 b.id.append_value(row.id);
                 b.sample.append_value(*sample);
@@ -1024,9 +1016,9 @@ mod tests {
         assert_eq!(p.split_filter(), Some("test"));
         assert_eq!((p.samples, p.temperature, p.chunk_rows), (1, 0.0, 8));
         assert_eq!(p.delimiter, "\n\n");
-        assert_eq!(p.answer.format, AnswerFormat::Auto);
+        assert_eq!(p.answer_format, AnswerFormat::Auto);
         let p: EvaluateParams =
-            Params::from_json(&json!({"split": null, "answer": {"format": "gsm8k"}}))
+            Params::from_json(&json!({"split": null, "answer_format": "gsm8k"}))
                 .parse()
                 .unwrap();
         assert_eq!(p.split_filter(), None);
