@@ -11,6 +11,7 @@ pub mod probe;
 pub mod segment;
 pub mod source;
 pub mod tasks;
+pub mod train;
 
 /// Every built-in operator.
 pub fn registry() -> Registry {
@@ -19,5 +20,6 @@ pub fn registry() -> Registry {
     r.register(Arc::new(segment::Segment));
     r.register(Arc::new(generate::Generate));
     r.register(Arc::new(probe::Probe));
+    r.register(Arc::new(train::Train));
     r
 }
