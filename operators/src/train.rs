@@ -278,7 +278,7 @@ impl TrainParams {
         if !(self.clip_eps > 0.0 && self.clip_eps < 1.0) {
             err("clip_eps", "`clip_eps` must be in (0, 1)");
         }
-        if !(self.lr >= 0.0) {
+        if !self.lr.is_finite() || self.lr < 0.0 {
             err("lr", "`lr` must be >= 0");
         }
         if !self.weight_decay.is_finite() || self.weight_decay < 0.0 {

@@ -166,7 +166,7 @@ impl AdamW {
                             found: src.size(),
                         });
                     }
-                    let _ = dst.f_copy_(&src)?;
+                    dst.f_copy_(&src)?;
                 }
             }
             Ok(())
