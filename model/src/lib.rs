@@ -5,6 +5,7 @@
 //!   [`Decoder::forward_cached`] for incremental decoding with a [`KvCache`].
 //! * [`generate::Generator`]: batched KV-cache generation with continuous batching.
 //! * [`score`]: per-token log-probs of continuations.
+//! * [`train`]: log-probs with gradient, AdamW, schedule, losses, exact checkpoints.
 
 pub mod builtin;
 pub mod cache;
@@ -19,6 +20,7 @@ pub mod runtime;
 pub mod sampling;
 pub mod score;
 pub mod tokenizer;
+pub mod train;
 mod weights;
 
 pub use cache::KvCache;

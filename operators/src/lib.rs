@@ -14,6 +14,7 @@ pub mod segment;
 pub mod source;
 pub mod step_tokens;
 pub mod tasks;
+pub mod train;
 
 /// Every built-in operator.
 pub fn registry() -> Registry {
@@ -24,5 +25,6 @@ pub fn registry() -> Registry {
     r.register(Arc::new(probe::Probe));
     r.register(Arc::new(pair::Pair));
     r.register(Arc::new(evaluate::Evaluate));
+    r.register(Arc::new(train::Train));
     r
 }

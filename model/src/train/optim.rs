@@ -1,0 +1,340 @@
+//! AdamW on plain tensors, so its state (`m`, `v`, step) can be saved and restored exactly,
+//! and global-norm gradient clipping.
+//!
+//! The update is PyTorch's `torch.optim.AdamW` (`amsgrad=False`): with `t` the step count
+//! after increment, `p ← p·(1 − lr·λ)`, `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,
+//! `p ← p − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε)`. Weight decay is applied only to
+//! parameters with two or more dimensions (matrices and embeddings), not to norm weights
+//! or biases.
+
+use tch::{Kind, Tensor};
+
+use crate::error::{ModelError, Result};
+
+/// Hyper-parameters of [`AdamW`] (the learning rate is given per step).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+/// One optimised parameter and its moments.
+#[derive(Debug)]
+struct Slot {
+    name: String,
+    param: Tensor,
+    m: Tensor,
+    v: Tensor,
+    decay: bool,
+}
+
+/// AdamW over named parameters (their order is sorted by name).
+#[derive(Debug)]
+pub struct AdamW {
+    cfg: AdamWConfig,
+    slots: Vec<Slot>,
+    step: u64,
+}
+
+impl AdamW {
+    /// Optimises `params` (shallow clones of the model's tensors, e.g.
+    /// `decoder.var_store().variables()`); moments start at zero.
+    pub fn new(
+        params: impl IntoIterator<Item = (String, Tensor)>,
+        cfg: AdamWConfig,
+    ) -> Result<Self> {
+        let mut params: Vec<(String, Tensor)> = params.into_iter().collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut slots = Vec::with_capacity(params.len());
+        for (name, param) in params {
+            let m = param.f_zeros_like()?.f_detach()?;
+            let v = param.f_zeros_like()?.f_detach()?;
+            let decay = param.dim() >= 2;
+            slots.push(Slot {
+                name,
+                param,
+                m,
+                v,
+                decay,
+            });
+        }
+        Ok(AdamW {
+            cfg,
+            slots,
+            step: 0,
+        })
+    }
+
+    /// Optimizer steps taken so far.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    pub fn config(&self) -> &AdamWConfig {
+        &self.cfg
+    }
+
+    /// The optimised parameters, by name.
+    pub fn params(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.slots.iter().map(|s| (s.name.as_str(), &s.param))
+    }
+
+    /// One update with learning rate `lr` from the parameters' accumulated gradients
+    /// (parameters without a gradient are left alone, as in PyTorch).
+    pub fn step(&mut self, lr: f64) -> Result<()> {
+        self.step += 1;
+        let t = self.step as i32;
+        let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
+        let bc1 = 1.0 - b1.powi(t);
+        let bc2_sqrt = (1.0 - b2.powi(t)).sqrt();
+        let step_size = lr / bc1;
+        tch::no_grad(|| -> Result<()> {
+            for s in &mut self.slots {
+                let g = s.param.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let mut p = s.param.shallow_clone();
+                if s.decay && self.cfg.weight_decay != 0.0 {
+                    let _ = p.f_mul_scalar_(1.0 - lr * self.cfg.weight_decay)?;
+                }
+                let _ = s.m.f_mul_scalar_(b1)?;
+                let _ = s.m.f_add_(&g.f_mul_scalar(1.0 - b1)?)?;
+                let _ = s.v.f_mul_scalar_(b2)?;
+                let _ = s.v.f_add_(&g.f_mul(&g)?.f_mul_scalar(1.0 - b2)?)?;
+                let denom =
+                    s.v.f_sqrt()?
+                        .f_div_scalar(bc2_sqrt)?
+                        .f_add_scalar(self.cfg.eps)?;
+                let update = s.m.f_div(&denom)?.f_mul_scalar(step_size)?;
+                let _ = p.f_sub_(&update)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Clears the parameters' gradients.
+    pub fn zero_grad(&mut self) -> Result<()> {
+        for s in &mut self.slots {
+            let mut g = s.param.grad();
+            if g.defined() {
+                let _ = g.f_detach_()?;
+                let _ = g.f_zero_()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `(name, tensor)` of the state to save: `m.<param>`, `v.<param>`.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::with_capacity(2 * self.slots.len());
+        for s in &self.slots {
+            out.push((format!("m.{}", s.name), s.m.shallow_clone()));
+            out.push((format!("v.{}", s.name), s.v.shallow_clone()));
+        }
+        out
+    }
+
+    /// Restores the step count and moments (`get` returns the saved tensor of a name).
+    pub fn load_state(
+        &mut self,
+        step: u64,
+        mut get: impl FnMut(&str) -> Result<Tensor>,
+    ) -> Result<()> {
+        tch::no_grad(|| -> Result<()> {
+            for s in &mut self.slots {
+                for (prefix, dst) in [("m", &mut s.m), ("v", &mut s.v)] {
+                    let name = format!("{prefix}.{}", s.name);
+                    let src = get(&name)?;
+                    if src.size() != dst.size() {
+                        return Err(ModelError::ShapeMismatch {
+                            name,
+                            expected: dst.size(),
+                            found: src.size(),
+                        });
+                    }
+                    dst.f_copy_(&src)?;
+                }
+            }
+            Ok(())
+        })?;
+        self.step = step;
+        Ok(())
+    }
+}
+
+/// Global L2 norm of the gradients of `params` (computed in float64); when `max_norm > 0`
+/// and the norm exceeds it, scales every gradient by `max_norm / (norm + 1e-6)` like
+/// `torch.nn.utils.clip_grad_norm_`. Returns the norm before clipping (NaN/inf when a
+/// gradient is not finite; nothing is scaled then).
+pub fn clip_grad_norm<'a>(
+    params: impl IntoIterator<Item = &'a Tensor>,
+    max_norm: f64,
+) -> Result<f64> {
+    let grads: Vec<Tensor> = params
+        .into_iter()
+        .map(|p| p.grad())
+        .filter(|g| g.defined())
+        .collect();
+    let mut sq = 0.0f64;
+    for g in &grads {
+        let n = g.f_to_kind(Kind::Double)?.f_norm()?.f_double_value(&[])?;
+        sq += n * n;
+    }
+    let norm = sq.sqrt();
+    if max_norm > 0.0 && norm.is_finite() {
+        let coef = max_norm / (norm + 1e-6);
+        if coef < 1.0 {
+            tch::no_grad(|| -> Result<()> {
+                for g in &grads {
+                    let _ = g.shallow_clone().f_mul_scalar_(coef)?;
+                }
+                Ok(())
+            })?;
+        }
+    }
+    Ok(norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vals(t: &Tensor) -> Vec<f64> {
+        Vec::<f64>::try_from(&t.to_kind(Kind::Double).view([-1])).unwrap()
+    }
+
+    /// PyTorch's AdamW written out in f64 for one scalar parameter.
+    #[allow(clippy::too_many_arguments)]
+    fn torch_adamw(p: f64, grads: &[f64], lrs: &[f64], b1: f64, b2: f64, eps: f64, wd: f64) -> f64 {
+        let (mut p, mut m, mut v) = (p, 0.0, 0.0);
+        for (t, (&g, &lr)) in grads.iter().zip(lrs).enumerate() {
+            let t = (t + 1) as i32;
+            p *= 1.0 - lr * wd;
+            m = b1 * m + (1.0 - b1) * g;
+            v = b2 * v + (1.0 - b2) * g * g;
+            let bc1 = 1.0 - b1.powi(t);
+            let bc2 = 1.0 - b2.powi(t);
+            p -= lr / bc1 * m / (v.sqrt() / bc2.sqrt() + eps);
+        }
+        p
+    }
+
+    #[test]
+    fn two_adamw_steps_match_the_pytorch_formula() {
+        let w0 = [0.5f64, -1.5, 2.0, 0.25];
+        let b0 = [0.1f64, -0.2];
+        let w = Tensor::from_slice(&w0)
+            .to_kind(Kind::Double)
+            .view([2, 2])
+            .set_requires_grad(true);
+        let b = Tensor::from_slice(&b0)
+            .to_kind(Kind::Double)
+            .set_requires_grad(true);
+        let cfg = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        let mut opt = AdamW::new(
+            [
+                ("w".to_string(), w.shallow_clone()),
+                ("b".to_string(), b.shallow_clone()),
+            ],
+            cfg,
+        )
+        .unwrap();
+        // loss = Σ c_i w_i^2 + Σ b_j^3 → g = 2 c w, 3 b².
+        let c = [1.0, 2.0, 3.0, 4.0];
+        let ct = Tensor::from_slice(&c).to_kind(Kind::Double).view([2, 2]);
+        let lrs = [0.01, 0.02];
+        let mut gw = vec![Vec::new(); 4];
+        let mut gb = vec![Vec::new(); 2];
+        for &lr in &lrs {
+            opt.zero_grad().unwrap();
+            let loss = (&w * &w * &ct).sum(Kind::Double) + b.pow_tensor_scalar(3).sum(Kind::Double);
+            loss.backward();
+            for (i, x) in vals(&w.grad()).into_iter().enumerate() {
+                gw[i].push(x);
+            }
+            for (i, x) in vals(&b.grad()).into_iter().enumerate() {
+                gb[i].push(x);
+            }
+            opt.step(lr).unwrap();
+        }
+        // The gradients seen were those of the formula at the current weights.
+        assert!((gw[1][0] - 2.0 * 2.0 * w0[1]).abs() < 1e-12);
+        for i in 0..4 {
+            let want = torch_adamw(w0[i], &gw[i], &lrs, 0.9, 0.99, 1e-8, 0.1);
+            assert!((vals(&w)[i] - want).abs() < 1e-12, "w[{i}]");
+        }
+        // Biases (1-D) are not decayed.
+        for i in 0..2 {
+            let want = torch_adamw(b0[i], &gb[i], &lrs, 0.9, 0.99, 1e-8, 0.0);
+            assert!((vals(&b)[i] - want).abs() < 1e-12, "b[{i}]");
+        }
+        assert_eq!(opt.step_count(), 2);
+    }
+
+    #[test]
+    fn state_round_trips_exactly() {
+        let p = Tensor::from_slice(&[1.0f32, 2.0, 3.0]).set_requires_grad(true);
+        let mut a = AdamW::new(
+            [("p".to_string(), p.shallow_clone())],
+            AdamWConfig::default(),
+        )
+        .unwrap();
+        (&p * &p).sum(Kind::Float).backward();
+        a.step(0.1).unwrap();
+        let saved: Vec<(String, Tensor)> = a
+            .state_tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.copy()))
+            .collect();
+        let q = Tensor::from_slice(&[0.0f32, 0.0, 0.0]).set_requires_grad(true);
+        let mut b = AdamW::new([("p".to_string(), q)], AdamWConfig::default()).unwrap();
+        b.load_state(1, |n| {
+            Ok(saved
+                .iter()
+                .find(|(k, _)| k == n)
+                .unwrap()
+                .1
+                .shallow_clone())
+        })
+        .unwrap();
+        assert_eq!(b.step_count(), 1);
+        for ((_, x), (_, y)) in a.state_tensors().iter().zip(b.state_tensors().iter()) {
+            assert!(x.equal(y));
+        }
+    }
+
+    #[test]
+    fn clipping_returns_the_pre_clip_norm() {
+        let p = Tensor::from_slice(&[3.0f64, 4.0]).set_requires_grad(true);
+        (&p * 1.0).sum(Kind::Double).backward(); // g = [1, 1]
+        let q = Tensor::from_slice(&[1.0f64]).set_requires_grad(true);
+        (&q * 7.0).sum(Kind::Double).backward(); // g = [7]
+        let norm = clip_grad_norm([&p, &q], 1.0).unwrap();
+        assert!((norm - (51.0f64).sqrt()).abs() < 1e-12);
+        let coef = 1.0 / (51.0f64.sqrt() + 1e-6);
+        assert!((vals(&p.grad())[0] - coef).abs() < 1e-12);
+        assert!((vals(&q.grad())[0] - 7.0 * coef).abs() < 1e-12);
+        // Under the limit: untouched.
+        let norm2 = clip_grad_norm([&p, &q], 10.0).unwrap();
+        assert!((norm2 - 1.0).abs() < 1e-5);
+    }
+}

@@ -1,0 +1,99 @@
+//! `train` through the CLI: a training node killed with `kill -9` after a checkpoint (twice)
+//! and re-run ends with a `model.safetensors` byte-identical to an uninterrupted run's,
+//! and the same metrics table.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+
+use common::*;
+
+const PIPELINE: &str = r#"
+name: train-resume
+seed: 13
+models:
+  base: {builtin: tiny-test}
+nodes:
+  pairs: {op: source, params: {path: pairs.jsonl}}
+  pt:
+    op: train
+    inputs: {model: base, data: pairs}
+    params: {loss: sspo, lr: 0.001, beta: 0.5, epochs: 12, batch_size: 2, grad_accum: 2, warmup: 5, checkpoint_every: 8, log_every: 8}
+"#;
+
+fn write_pairs(path: &Path, n: usize) {
+    let mut s = String::new();
+    for i in 0..n {
+        let shared = format!("Add {i} to {i}. ");
+        let chosen = vec![shared.clone(), format!("That is {}.", 2 * i)];
+        let rejected = vec![
+            shared,
+            format!("Perhaps {}? ", 2 * i + 3),
+            format!("No: {}.", 2 * i),
+        ];
+        let row = serde_json::json!({
+            "pair_id": format!("p{i}"), "id": format!("q{i}"), "kind": "vvp",
+            "prompt": format!("{i} + {i}?"), "answer": format!("{}", 2 * i),
+            "context": format!("Q: {i} + {i}?\nA: "),
+            "chosen": chosen.concat(), "rejected": rejected.concat(),
+            "chosen_steps": chosen, "rejected_steps": rejected,
+            "chosen_adv": [0.0, 0.5], "rejected_adv": [0.0, -0.5, 0.2],
+        });
+        s.push_str(&format!("{row}\n"));
+    }
+    std::fs::write(path, s).expect("write pairs");
+}
+
+#[test]
+fn a_killed_train_node_resumes_to_the_same_weights() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path();
+    write_pairs(&p.join("pairs.jsonl"), 16);
+    std::fs::write(p.join("t.yaml"), PIPELINE).expect("spec");
+    // 16 pairs, 4 per step → 4 steps per epoch, 12 epochs: 48 steps, checkpoints every 8.
+    run_ok(p, &["t.yaml", "--run-dir", "clean"]);
+    let want = std::fs::read(p.join("clean/pt/model/model.safetensors")).expect("clean model");
+
+    let mut killed_mid_way = 0;
+    for ckpt in ["ckpt-000000008", "ckpt-000000024"] {
+        let mut child = spawn(p, &["t.yaml", "--run-dir", "killed"], Stdio::null());
+        wait_for(&p.join("killed/pt/scratch").join(ckpt), 120);
+        if child.try_wait().expect("wait").is_none() {
+            killed_mid_way += 1;
+        }
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+    }
+    assert!(
+        killed_mid_way >= 1,
+        "training finished before it could be killed"
+    );
+    assert!(!p.join("killed/pt/model/model.safetensors").exists());
+    let log = run_ok(p, &["t.yaml", "--run-dir", "killed"]);
+    assert!(
+        log.contains("resuming from the checkpoint at step"),
+        "{log}"
+    );
+    let got = std::fs::read(p.join("killed/pt/model/model.safetensors")).expect("resumed model");
+    assert!(
+        got == want,
+        "model.safetensors differs after kill -9 + resume"
+    );
+
+    let q = "select step, epoch, loss, lr, grad_norm, margin, pref_acc from pt order by step";
+    let a = sql_csv(p, "clean", q);
+    assert_eq!(a.lines().count(), 49);
+    assert_eq!(a, sql_csv(p, "killed", q));
+    // Only complete checkpoints remain (at most two), no temporary ones.
+    let names: Vec<String> = std::fs::read_dir(p.join("killed/pt/scratch"))
+        .expect("scratch")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("ckpt-"))
+        .collect();
+    assert!(
+        names.len() <= 2 && names.iter().all(|n| n.starts_with("ckpt-")),
+        "{names:?}"
+    );
+}
