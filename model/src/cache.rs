@@ -166,7 +166,11 @@ impl KvCache {
         }
         let keep = self.len - first;
         let shift = |t: &Tensor, dim: i64| -> Result<Tensor> {
-            let kept = t.f_narrow(dim, first, keep)?.f_contiguous()?;
+            // A fresh buffer: the source and destination ranges overlap when `keep > first`,
+            // and a narrow of a one-row tensor is already contiguous (no copy would be made).
+            let src = t.f_narrow(dim, first, keep)?;
+            let mut kept = src.f_empty_like()?;
+            kept.f_copy_(&src)?;
             t.f_narrow(dim, 0, keep)?.f_copy_(&kept)?;
             Ok(t.shallow_clone())
         };
@@ -215,5 +219,29 @@ impl KvCache {
         self.batch += other.batch;
         self.len = len;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One row whose live columns overlap where they move to: the shift must not read what
+    /// it has already written.
+    #[test]
+    fn trim_front_of_a_single_row_keeps_its_columns() {
+        let mut c = KvCache::new(1, 1, 1, 1, 8, Kind::Float, Device::Cpu).unwrap();
+        let vals: Vec<f32> = (0..6).map(|i| i as f32).collect();
+        let k = Tensor::from_slice(&vals).view([1, 1, 6, 1]);
+        let valid = Tensor::from_slice(&[false, false, true, true, true, true]).view([1, 6]);
+        c.push_valid(&valid).unwrap();
+        c.append(0, &k, &k).unwrap();
+        c.advance(6);
+        c.trim_front().unwrap();
+        assert_eq!(c.len(), 4);
+        let kept = Vec::<f32>::try_from(c.keys[0].narrow(2, 0, 4).reshape([-1])).unwrap();
+        assert_eq!(kept, vec![2.0, 3.0, 4.0, 5.0]);
+        let v = Vec::<bool>::try_from(c.valid().unwrap().reshape([-1])).unwrap();
+        assert_eq!(v, vec![true; 4]);
     }
 }
