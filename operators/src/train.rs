@@ -822,17 +822,48 @@ fn epoch_order(n: usize, seed: u64) -> Vec<usize> {
 // ---------------------------------------------------------------------------------------
 // Checkpoints
 
-/// One metrics row.
+/// One metrics row. In a checkpoint's `state.json` the floats are stored as their IEEE
+/// bits (`u64`): JSON text does not always read back to the same `f64`, and rows
+/// committed from a checkpoint must equal those of an uninterrupted run bit for bit.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct MetricRow {
     step: u64,
     epoch: u64,
+    #[serde(with = "f64_bits")]
     loss: f64,
+    #[serde(with = "f64_bits")]
     lr: f64,
+    #[serde(with = "f64_bits")]
     grad_norm: f64,
+    #[serde(with = "opt_f64_bits")]
     margin: Option<f64>,
+    #[serde(with = "opt_f64_bits")]
     pref_acc: Option<f64>,
+    #[serde(with = "f64_bits")]
     tokens_per_s: f64,
+}
+
+mod f64_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(x.to_bits())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(f64::from_bits(u64::deserialize(d)?))
+    }
+}
+
+mod opt_f64_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(x: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match x {
+            Some(v) => s.serialize_some(&v.to_bits()),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(f64::from_bits))
+    }
 }
 
 /// `state.json` of a checkpoint.
@@ -1416,6 +1447,38 @@ mod tests {
         assert_eq!(a, epoch_order(50, 1));
         assert_ne!(a, epoch_order(50, 2));
         assert!(epoch_order(0, 3).is_empty());
+    }
+
+    #[test]
+    fn checkpoint_state_round_trips_floats_exactly() {
+        let row = MetricRow {
+            step: 2,
+            epoch: 0,
+            loss: 0.410_439_997_911_453_25,
+            lr: 0.000_600_000_000_000_000_1,
+            grad_norm: 12.463_276_472_074_993,
+            margin: Some(1.0 / 3.0),
+            pref_acc: None,
+            tokens_per_s: 1234.567_890_123_4,
+        };
+        // Values whose shortest decimal form does not always parse back exactly.
+        for x in [
+            0.410_439_997_911_453_25,
+            12.463_276_472_074_993,
+            2.0 / 3.0,
+            1e-300,
+        ] {
+            let row = MetricRow {
+                loss: x,
+                grad_norm: x * 7.0,
+                ..row.clone()
+            };
+            let text = serde_json::to_string(&row).unwrap();
+            let back: MetricRow = serde_json::from_str(&text).unwrap();
+            assert_eq!(back.loss.to_bits(), row.loss.to_bits());
+            assert_eq!(back.grad_norm.to_bits(), row.grad_norm.to_bits());
+            assert_eq!(back, row);
+        }
     }
 
     #[test]
