@@ -1482,6 +1482,70 @@ mod tests {
     }
 
     #[test]
+    fn pairs_mask_shared_steps_and_weight_each_step() {
+        use sspo_engine::{ModelRef, ModelSource};
+        let r = ModelRef {
+            name: "base".into(),
+            source: ModelSource::Builtin("tiny-test".into()),
+            options: Default::default(),
+            identity: String::new(),
+        };
+        let model = load_model(&r, "cpu").unwrap();
+        let row = serde_json::json!([{
+            "context": "Q: 1+1?\n",
+            "chosen_steps": "[\"One plus one. \", \"Two.\"]",
+            "rejected_steps": "[\"One plus one. \", \"Three? \", \"Two.\"]",
+            "chosen_adv": "[0.0, 0.5]",
+            "rejected_adv": "[0.0, 0.4, -0.2]",
+        }]);
+        let schema = Arc::new(Schema::new(
+            [
+                "context",
+                "chosen_steps",
+                "rejected_steps",
+                "chosen_adv",
+                "rejected_adv",
+            ]
+            .iter()
+            .map(|n| Field::new(*n, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+        ));
+        let cols: Vec<ArrayRef> = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                Arc::new(StringArray::from(vec![row[0][f.name()].as_str().unwrap()])) as ArrayRef
+            })
+            .collect();
+        let table = RecordBatch::try_new(schema, cols).unwrap();
+        let p: TrainParams = serde_json::from_value(json!({"alpha": 1.0})).unwrap();
+        let mut skipped = Skipped::default();
+        let ex = build_examples(&p, &model, &table, &mut skipped).unwrap();
+        let Example::Pair(c, rj) = &ex[0] else {
+            panic!("not a pair")
+        };
+        let tok = &model.tokenizer;
+        let ctx_len = tok.encode("Q: 1+1?\n", false).unwrap().len();
+        let shared = tok.encode("One plus one.", false).unwrap().len()
+            + tok.encode(" ", false).unwrap().len();
+        assert_eq!(c.from, ctx_len + shared);
+        assert_eq!(rj.from, c.from);
+        let eos = model.eos_token_ids()[0];
+        assert_eq!(c.ids.last(), Some(&eos));
+        // Chosen: step 2 ("Two.") with weight 1 + 0.5, EOS included.
+        let two = tok.encode("Two.", false).unwrap().len();
+        assert_eq!(c.scored(), two + 1);
+        assert!(c.weight.iter().all(|&w| (w - 1.5).abs() < 1e-6));
+        // Rejected: "Three? " weighs 1 - 0.4, "Two." 1 + 0.2 (and the EOS with it).
+        let three = tok.encode("Three?", false).unwrap().len() + 1;
+        assert_eq!(rj.scored(), three + two + 1);
+        assert!(rj.weight[..three].iter().all(|&w| (w - 0.6).abs() < 1e-6));
+        assert!(rj.weight[three..].iter().all(|&w| (w - 1.2).abs() < 1e-6));
+        assert_eq!(rj.adv[three], -0.2);
+        assert_eq!(skipped.total(), 0);
+    }
+
+    #[test]
     fn list_columns_read_from_arrow_lists_and_json_text() {
         let mut lb = ListBuilder::new(arrow::array::StringBuilder::new());
         lb.values().append_value("a");
