@@ -1459,7 +1459,7 @@ mod tests {
             grad_norm: 12.463_276_472_074_993,
             margin: Some(1.0 / 3.0),
             pref_acc: None,
-            tokens_per_s: 1234.567_890_123_4,
+            tokens_per_s: 1_234.567_890_123_4,
         };
         // Values whose shortest decimal form does not always parse back exactly.
         for x in [
