@@ -822,17 +822,48 @@ fn epoch_order(n: usize, seed: u64) -> Vec<usize> {
 // ---------------------------------------------------------------------------------------
 // Checkpoints
 
-/// One metrics row.
+/// One metrics row. In a checkpoint's `state.json` the floats are stored as their IEEE
+/// bits (`u64`): JSON text does not always read back to the same `f64`, and rows
+/// committed from a checkpoint must equal those of an uninterrupted run bit for bit.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct MetricRow {
     step: u64,
     epoch: u64,
+    #[serde(with = "f64_bits")]
     loss: f64,
+    #[serde(with = "f64_bits")]
     lr: f64,
+    #[serde(with = "f64_bits")]
     grad_norm: f64,
+    #[serde(with = "opt_f64_bits")]
     margin: Option<f64>,
+    #[serde(with = "opt_f64_bits")]
     pref_acc: Option<f64>,
+    #[serde(with = "f64_bits")]
     tokens_per_s: f64,
+}
+
+mod f64_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(x.to_bits())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(f64::from_bits(u64::deserialize(d)?))
+    }
+}
+
+mod opt_f64_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(x: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match x {
+            Some(v) => s.serialize_some(&v.to_bits()),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(f64::from_bits))
+    }
 }
 
 /// `state.json` of a checkpoint.
@@ -1416,6 +1447,102 @@ mod tests {
         assert_eq!(a, epoch_order(50, 1));
         assert_ne!(a, epoch_order(50, 2));
         assert!(epoch_order(0, 3).is_empty());
+    }
+
+    #[test]
+    fn checkpoint_state_round_trips_floats_exactly() {
+        let row = MetricRow {
+            step: 2,
+            epoch: 0,
+            loss: 0.410_439_997_911_453_25,
+            lr: 0.000_600_000_000_000_000_1,
+            grad_norm: 12.463_276_472_074_993,
+            margin: Some(1.0 / 3.0),
+            pref_acc: None,
+            tokens_per_s: 1_234.567_890_123_4,
+        };
+        // Values whose shortest decimal form does not always parse back exactly.
+        for x in [
+            0.410_439_997_911_453_25,
+            12.463_276_472_074_993,
+            2.0 / 3.0,
+            1e-300,
+        ] {
+            let row = MetricRow {
+                loss: x,
+                grad_norm: x * 7.0,
+                ..row.clone()
+            };
+            let text = serde_json::to_string(&row).unwrap();
+            let back: MetricRow = serde_json::from_str(&text).unwrap();
+            assert_eq!(back.loss.to_bits(), row.loss.to_bits());
+            assert_eq!(back.grad_norm.to_bits(), row.grad_norm.to_bits());
+            assert_eq!(back, row);
+        }
+    }
+
+    #[test]
+    fn pairs_mask_shared_steps_and_weight_each_step() {
+        use sspo_engine::{ModelRef, ModelSource};
+        let r = ModelRef {
+            name: "base".into(),
+            source: ModelSource::Builtin("tiny-test".into()),
+            options: Default::default(),
+            identity: String::new(),
+        };
+        let model = load_model(&r, "cpu").unwrap();
+        let row = serde_json::json!([{
+            "context": "Q: 1+1?\n",
+            "chosen_steps": "[\"One plus one. \", \"Two.\"]",
+            "rejected_steps": "[\"One plus one. \", \"Three? \", \"Two.\"]",
+            "chosen_adv": "[0.0, 0.5]",
+            "rejected_adv": "[0.0, 0.4, -0.2]",
+        }]);
+        let schema = Arc::new(Schema::new(
+            [
+                "context",
+                "chosen_steps",
+                "rejected_steps",
+                "chosen_adv",
+                "rejected_adv",
+            ]
+            .iter()
+            .map(|n| Field::new(*n, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+        ));
+        let cols: Vec<ArrayRef> = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                Arc::new(StringArray::from(vec![row[0][f.name()].as_str().unwrap()])) as ArrayRef
+            })
+            .collect();
+        let table = RecordBatch::try_new(schema, cols).unwrap();
+        let p: TrainParams = serde_json::from_value(json!({"alpha": 1.0})).unwrap();
+        let mut skipped = Skipped::default();
+        let ex = build_examples(&p, &model, &table, &mut skipped).unwrap();
+        let Example::Pair(c, rj) = &ex[0] else {
+            panic!("not a pair")
+        };
+        let tok = &model.tokenizer;
+        let ctx_len = tok.encode("Q: 1+1?\n", false).unwrap().len();
+        let shared = tok.encode("One plus one.", false).unwrap().len()
+            + tok.encode(" ", false).unwrap().len();
+        assert_eq!(c.from, ctx_len + shared);
+        assert_eq!(rj.from, c.from);
+        let eos = model.eos_token_ids()[0];
+        assert_eq!(c.ids.last(), Some(&eos));
+        // Chosen: step 2 ("Two.") with weight 1 + 0.5, EOS included.
+        let two = tok.encode("Two.", false).unwrap().len();
+        assert_eq!(c.scored(), two + 1);
+        assert!(c.weight.iter().all(|&w| (w - 1.5).abs() < 1e-6));
+        // Rejected: "Three? " weighs 1 - 0.4, "Two." 1 + 0.2 (and the EOS with it).
+        let three = tok.encode("Three?", false).unwrap().len() + 1;
+        assert_eq!(rj.scored(), three + two + 1);
+        assert!(rj.weight[..three].iter().all(|&w| (w - 0.6).abs() < 1e-6));
+        assert!(rj.weight[three..].iter().all(|&w| (w - 1.2).abs() < 1e-6));
+        assert_eq!(rj.adv[three], -0.2);
+        assert_eq!(skipped.total(), 0);
     }
 
     #[test]

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# One-step DPO throughput: our `train` (loss: dpo) against TRL's DPOTrainer on the same
+# model (the built-in tiny-synth, exported as a HF directory) and the same pairs, on the CPU.
+# Usage: scripts/bench/train_dpo.sh [PAIRS] [STEPS]   (defaults 64, 8; batch 8)
+# Needs target/release/sspo-run (or BIN=...) and the repository's .venv; installs `trl`
+# into that venv when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+BIN=${BIN:-$ROOT/target/release/sspo-run}
+PY=${SSPO_PYTHON:-$ROOT/.venv/bin/python}
+PAIRS=${1:-64}
+STEPS=${2:-8}
+BATCH=${BATCH:-8}
+WORK=${WORK:-$(mktemp -d /tmp/sspo-train-bench.XXXXXX)}
+THREADS=${THREADS:-$(nproc)}
+export OMP_NUM_THREADS=$THREADS
+cd "$WORK"
+
+"$PY" - "$PAIRS" > pairs.jsonl <<'PYEOF'
+import json, sys
+n = int(sys.argv[1])
+for i in range(n):
+    a, b = i % 50 + 3, i % 7 + 2
+    shared = f"{a}+{b}={a+b}\n"
+    chosen = [shared, f"{a+b}*2={(a+b)*2}\n", f"answer {(a+b)*2}"]
+    rejected = [shared, f"{a+b}*2={(a+b)*2+1}\n", f"check {(a+b)*2}\n", f"answer {(a+b)*2}"]
+    print(json.dumps({
+        "id": f"q{i}", "prompt": f"({a}+{b})*2", "answer": str((a + b) * 2),
+        "context": f"({a}+{b})*2\n", "chosen_steps": chosen, "rejected_steps": rejected,
+        "chosen": "".join(chosen), "rejected": "".join(rejected),
+    }))
+PYEOF
+
+cat > bench.yaml <<YAML
+name: bench
+seed: 1
+device: cpu
+models:
+  base: {builtin: tiny-synth}
+nodes:
+  pairs: {op: source, params: {path: pairs.jsonl}}
+  # lr 0: one step that leaves the weights as they are, to export the model as a HF dir.
+  export: {op: train, inputs: {model: base, data: pairs}, params: {loss: dpo, lr: 0, max_steps: 1}}
+  dpo:
+    op: train
+    inputs: {model: export, data: pairs}
+    params: {loss: dpo, beta: 0.1, lr: 1.0e-5, warmup: 0, batch_size: $BATCH, max_steps: $STEPS, checkpoint_every: 1000}
+YAML
+"$BIN" bench.yaml --progress quiet
+echo "== ours (sspo train, loss dpo, batch $BATCH pairs, $THREADS threads)"
+"$BIN" sql bench.yaml "SELECT step, loss, margin, tokens_per_s FROM dpo ORDER BY step" --format table
+"$BIN" sql bench.yaml "SELECT median(tokens_per_s) AS median_tok_s, avg(tokens_per_s) AS mean_tok_s FROM dpo WHERE step > 1" --format table
+
+if ! "$PY" -c "import trl" 2>/dev/null; then
+  "$PY" -m pip install --quiet trl
+fi
+for mode in every-step precompute; do
+  echo "== TRL DPOTrainer ($mode)"
+  "$PY" "$ROOT/scripts/bench/train_dpo_trl.py" runs/bench/export/model pairs.jsonl "$BATCH" "$STEPS" "$THREADS" "$mode" 2>/dev/null | tail -3
+done
