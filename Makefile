@@ -22,7 +22,7 @@ CARGO ?= cargo
 demo: release
 	./target/release/sspo-run pipelines/quickstart.yaml
 	./target/release/sspo-run sql pipelines/quickstart.yaml \
-	  "SELECT p.split, count(DISTINCT p.id) AS problems, count(*) AS steps, round(avg(s.char_end - s.char_start), 1) AS mean_step_chars FROM steps s JOIN problems p ON s.id = p.id GROUP BY p.split ORDER BY p.split"
+	  "SELECT model, n, round(accuracy, 3) AS accuracy, round(mean_tokens, 1) AS mean_tokens, round(oracle_tokens, 1) AS oracle_tokens, round(length_reduction, 3) AS length_reduction, round(accuracy_delta, 3) AS accuracy_delta, round(redundancy_removed, 3) AS redundancy_removed FROM eval_summary"
 
 test: $(VENV_STAMP)
 	$(CARGO) test --workspace --all-targets
