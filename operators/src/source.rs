@@ -55,6 +55,12 @@ pub struct SourceParams {
     /// `docs/operators/synth.md`). Exactly one of `path` and `synth`.
     #[serde(default)]
     pub synth: Option<SynthConfig>,
+    /// With `synth`: `problems` (default) gives one row per problem; `sft` gives the SFT
+    /// corpus instead: per problem its trace as `response` (`kind: trace`), then, when the
+    /// config has `probe_sft: true`, the rows that teach the verbal probe question
+    /// (`kind: probe`).
+    #[serde(default)]
+    pub synth_rows: SynthRows,
     /// File format; by default from each file's extension (`.jsonl`/`.ndjson`, `.json`,
     /// `.parquet`/`.pq`, `.csv`).
     #[serde(default)]
@@ -78,6 +84,17 @@ pub struct SourceParams {
 
 fn default_chunk_rows() -> usize {
     10_000
+}
+
+/// Which rows a `synth:` source emits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SynthRows {
+    /// One row per problem, with its ground truth.
+    #[default]
+    Problems,
+    /// The SFT corpus: traces, plus probe-teaching rows with `probe_sft`.
+    Sft,
 }
 
 /// `columns:` — our column ← the file's column.
@@ -153,6 +170,9 @@ impl Operator for Source {
             if let Err(e) = cfg.validate() {
                 diags.push(params.error(&["synth"], e.to_string()));
             }
+        }
+        if p.synth.is_none() && p.synth_rows != SynthRows::Problems {
+            diags.push(params.error(&["synth_rows"], "`synth_rows` needs `synth`"));
         }
         match (&p.path, &p.synth) {
             (None, None) => diags.push(
@@ -247,6 +267,7 @@ impl NodeKernel for SourceKernel {
                 "config": c,
                 "generator": synth::GENERATOR_VERSION,
                 "tokenizer": synth::TOKENIZER_VERSION,
+                "rows": p.synth_rows,
             })),
         })
     }
@@ -280,7 +301,10 @@ impl SourceKernel {
     /// between files is read as text).
     fn load(&self) -> Result<RecordBatch, OpError> {
         if let Some(cfg) = &self.params.synth {
-            return synth_table(cfg);
+            return match self.params.synth_rows {
+                SynthRows::Problems => synth_table(cfg),
+                SynthRows::Sft => synth_sft_table(cfg),
+            };
         }
         let mapping = &self.params.columns;
         let text_columns = |names: &[String]| -> Vec<String> {
@@ -332,6 +356,53 @@ fn synth_table(cfg: &SynthConfig) -> Result<RecordBatch, OpError> {
         ("trace_tokens", count(|p| p.trace_tokens)),
         ("oracle_tokens", count(|p| p.oracle_tokens)),
     ];
+    batch_of(columns)
+}
+
+/// The synthetic task's SFT corpus (`synth_rows: sft`): `id, prompt, answer, response,
+/// kind`, in problem order, each problem's trace row before its probe-teaching rows.
+fn synth_sft_table(cfg: &SynthConfig) -> Result<RecordBatch, OpError> {
+    let problems = synth::generate(cfg).map_err(|e| OpError::context("synth", e))?;
+    let rows = synth::sft_rows(cfg, &problems);
+    // Rows come problem by problem, each starting with its trace row.
+    let mut answers = Vec::with_capacity(rows.len());
+    let mut current = problems.iter();
+    let mut answer = "";
+    for r in &rows {
+        if r.kind == synth::SftKind::Trace {
+            answer = current.next().map_or("", |p| p.answer.as_str());
+        }
+        answers.push(answer);
+    }
+    let text = |v: Vec<&str>| -> ArrayRef { Arc::new(StringArray::from_iter_values(v)) };
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        ("id", text(rows.iter().map(|r| r.id.as_str()).collect())),
+        (
+            "prompt",
+            text(rows.iter().map(|r| r.prompt.as_str()).collect()),
+        ),
+        ("answer", text(answers)),
+        (
+            "response",
+            text(rows.iter().map(|r| r.response.as_str()).collect()),
+        ),
+        (
+            "kind",
+            text(
+                rows.iter()
+                    .map(|r| match r.kind {
+                        synth::SftKind::Trace => "trace",
+                        synth::SftKind::Probe => "probe",
+                    })
+                    .collect(),
+            ),
+        ),
+    ];
+    batch_of(columns)
+}
+
+/// A batch of non-null named columns.
+fn batch_of(columns: Vec<(&str, ArrayRef)>) -> Result<RecordBatch, OpError> {
     let schema = Arc::new(Schema::new(
         columns
             .iter()

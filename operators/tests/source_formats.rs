@@ -378,3 +378,47 @@ fn source_fingerprint_follows_content_not_path() {
     assert_ne!(m.fingerprint, fp1);
     assert_eq!(strings(&b, "answer"), ["2"]);
 }
+
+/// `synth_rows: sft` gives the SFT corpus: each problem's trace row, then (with
+/// `probe_sft`) its probe-teaching rows, with the problem's answer on every row.
+#[test]
+fn source_synth_sft_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "\
+nodes:
+  problems: {op: source, params: {synth: {n: 5, seed: 4}}}
+  corpus: {op: source, params: {synth: {n: 5, seed: 4, probe_sft: true, probe_per_problem: 2}, synth_rows: sft}}
+";
+    let run_dir = run(dir.path(), yaml).unwrap();
+    let (p, _) = table(&run_dir, "problems");
+    let (c, _) = table(&run_dir, "corpus");
+    let kinds = strings(&c, "kind");
+    let ids = strings(&c, "id");
+    let responses = strings(&c, "response");
+    let answers = strings(&c, "answer");
+    assert_eq!(kinds.iter().filter(|k| *k == "trace").count(), 5);
+    assert_eq!(kinds.iter().filter(|k| *k == "probe").count(), 10);
+    let traces = strings(&p, "trace");
+    let p_answers = strings(&p, "answer");
+    for (i, id) in strings(&p, "id").iter().enumerate() {
+        let j = ids.iter().position(|x| x == id).expect("trace row");
+        assert_eq!(kinds[j], "trace");
+        assert_eq!(responses[j], traces[i]);
+        // Its probe rows follow, and carry the problem's answer.
+        for k in 1..=2 {
+            assert!(
+                ids[j + k].starts_with(&format!("{id}-probe-")),
+                "{}",
+                ids[j + k]
+            );
+            assert_eq!(kinds[j + k], "probe");
+            assert_eq!(answers[j + k], p_answers[i]);
+        }
+    }
+    let err = run(
+        dir.path(),
+        "nodes:\n  a: {op: source, params: {path: x.jsonl, synth_rows: sft}}\n",
+    )
+    .unwrap_err();
+    assert!(err.contains("`synth_rows` needs `synth`"), "{err}");
+}
