@@ -133,6 +133,11 @@ pub struct PairParams {
     /// Value threshold `τ` of the compression cut.
     #[serde(default = "default_tau")]
     pub tau: f64,
+    /// Boundaries in a row (from `k*` on, up to the last) that must pass the cut test, so
+    /// that an answer the model reaches by chance and then leaves is not taken as settled.
+    /// 1 = the first passing boundary.
+    #[serde(default = "default_settle")]
+    pub settle: usize,
     /// A compression pair must save at least this many tokens (≥ 1).
     #[serde(default = "default_min_saving")]
     pub min_saving: i64,
@@ -165,6 +170,9 @@ fn default_length_cost() -> f64 {
 fn default_eps() -> f64 {
     1e-6
 }
+fn default_settle() -> usize {
+    1
+}
 fn default_tau() -> f64 {
     0.5
 }
@@ -189,6 +197,7 @@ impl Default for PairParams {
             length_cost: default_length_cost(),
             eps: default_eps(),
             tau: default_tau(),
+            settle: default_settle(),
             min_saving: default_min_saving(),
             cut: CutMode::Vvp,
             kinds: default_kinds(),
@@ -215,6 +224,9 @@ impl PairParams {
         }
         if !(self.eps >= 0.0 && self.eps.is_finite()) {
             err("eps", "`eps` must be a finite number >= 0");
+        }
+        if self.settle == 0 {
+            err("settle", "`settle` must be at least 1");
         }
         if !self.tau.is_finite() {
             err("tau", "`tau` must be a finite number");
@@ -826,7 +838,7 @@ fn compression_pair(
     let last = &r.steps[k_total - 1];
     let (cut, concluding) = match p.cut {
         CutMode::Vvp => {
-            let cut = select::vvp_cut(&r.values, &r.early_correct, p.tau)
+            let cut = select::vvp_cut(&r.values, &r.early_correct, p.tau, p.settle)
                 .ok_or(Counter::NoCutBoundary)?;
             let early = r.early_answer[cut]
                 .as_deref()

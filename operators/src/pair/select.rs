@@ -6,12 +6,19 @@
 use crate::tasks::AnswerFormat;
 
 /// `k*`: the first boundary `k` in `1..K` (a step boundary that leaves at least one step
-/// to cut) with `V_k ≥ τ` whose early-exit answer is correct. `values` and
+/// to cut) with `V_k ≥ τ` whose early-exit answer is correct, and so are the next
+/// `settle − 1` boundaries (as far as the trace goes: boundary `K` at most). `values` and
 /// `early_correct` hold boundaries `0..=K`.
-pub fn vvp_cut(values: &[f64], early_correct: &[Option<bool>], tau: f64) -> Option<usize> {
+pub fn vvp_cut(
+    values: &[f64],
+    early_correct: &[Option<bool>],
+    tau: f64,
+    settle: usize,
+) -> Option<usize> {
     let k_total = values.len().checked_sub(1)?;
-    (1..k_total)
-        .find(|&k| values[k] >= tau && early_correct.get(k).copied().flatten() == Some(true))
+    let passes =
+        |k: usize| values[k] >= tau && early_correct.get(k).copied().flatten() == Some(true);
+    (1..k_total).find(|&k| (k..=(k + settle.max(1) - 1).min(k_total)).all(passes))
 }
 
 /// A boundary drawn uniformly from `1..=K−2` with `seed`; `None` when `K < 3`. (Cutting
@@ -148,15 +155,53 @@ mod tests {
         let v = [0.1, 0.3, 0.6, 0.9, 0.95];
         let e = [None, Some(true), Some(false), Some(true), Some(true)];
         // k=1: value below τ; k=2: early answer wrong; k=3: first that qualifies.
-        assert_eq!(vvp_cut(&v, &e, 0.5), Some(3));
-        assert_eq!(vvp_cut(&v, &e, 0.2), Some(1));
+        assert_eq!(vvp_cut(&v, &e, 0.5, 1), Some(3));
+        assert_eq!(vvp_cut(&v, &e, 0.2, 1), Some(1));
         // k = K = 4 never qualifies: nothing would be cut.
-        assert_eq!(vvp_cut(&v, &e, 0.92), None);
+        assert_eq!(vvp_cut(&v, &e, 0.92, 1), None);
         // Null early answers never qualify.
-        assert_eq!(vvp_cut(&v, &[None; 5], 0.0), None);
+        assert_eq!(vvp_cut(&v, &[None; 5], 0.0, 1), None);
         // One step: no boundary in 1..K.
-        assert_eq!(vvp_cut(&[0.9, 0.9], &[Some(true); 2], 0.0), None);
-        assert_eq!(vvp_cut(&[], &[], 0.0), None);
+        assert_eq!(vvp_cut(&[0.9, 0.9], &[Some(true); 2], 0.0, 1), None);
+        assert_eq!(vvp_cut(&[], &[], 0.0, 1), None);
+    }
+
+    #[test]
+    fn settle_needs_the_answer_to_stay() {
+        // The answer is right by chance at k=1, lost at k=2, then settled from k=3.
+        let v = [0.1, 0.9, 0.9, 0.9, 0.9, 0.95];
+        let e = [
+            None,
+            Some(true),
+            Some(false),
+            Some(true),
+            Some(true),
+            Some(true),
+        ];
+        assert_eq!(vvp_cut(&v, &e, 0.5, 1), Some(1));
+        assert_eq!(vvp_cut(&v, &e, 0.5, 2), Some(3));
+        assert_eq!(vvp_cut(&v, &e, 0.5, 3), Some(3));
+        // The window stops at the last boundary K = 5: k = 4 with settle 5 checks 4..=5.
+        let e = [
+            None,
+            Some(false),
+            Some(false),
+            Some(false),
+            Some(true),
+            Some(true),
+        ];
+        assert_eq!(vvp_cut(&v, &e, 0.5, 5), Some(4));
+        // A value below τ inside the window breaks it too.
+        let v = [0.1, 0.9, 0.4, 0.9, 0.9, 0.95];
+        let e = [
+            None,
+            Some(true),
+            Some(true),
+            Some(true),
+            Some(true),
+            Some(true),
+        ];
+        assert_eq!(vvp_cut(&v, &e, 0.5, 2), Some(3));
     }
 
     #[test]
