@@ -235,7 +235,7 @@ mod tests {
         let k = Tensor::from_slice(&vals).view([1, 1, 6, 1]);
         let valid = Tensor::from_slice(&[false, false, true, true, true, true]).view([1, 6]);
         c.push_valid(&valid).unwrap();
-        c.append(0, &k, &k).unwrap();
+        let _filled = c.append(0, &k, &k).unwrap();
         c.advance(6);
         c.trim_front().unwrap();
         assert_eq!(c.len(), 4);
