@@ -3,7 +3,7 @@
 # model (the built-in tiny-synth, exported as a HF directory) and the same pairs, on the CPU.
 # Usage: scripts/bench/train_dpo.sh [PAIRS] [STEPS]   (defaults 64, 8; batch 8)
 # Needs target/release/sspo-run (or BIN=...) and the repository's .venv; installs `trl`
-# into that venv when it is missing.
+# into that venv when it is missing (a version that works with its pinned transformers 4.x).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -53,7 +53,9 @@ echo "== ours (sspo train, loss dpo, batch $BATCH pairs, $THREADS threads)"
 "$BIN" sql bench.yaml "SELECT median(tokens_per_s) AS median_tok_s, avg(tokens_per_s) AS mean_tok_s FROM dpo WHERE step > 1" --format table
 
 if ! "$PY" -c "import trl" 2>/dev/null; then
-  "$PY" -m pip install --quiet trl
+  # TRL 1.x needs transformers 5, which would replace the 4.x the parity tests pin: keep
+  # the venv's transformers and take the TRL that supports it.
+  "$PY" -m pip install --quiet "transformers>=4.57,<5" "trl>=0.24,<1"
 fi
 for mode in every-step precompute; do
   echo "== TRL DPOTrainer ($mode)"
