@@ -62,13 +62,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let new_tokens: usize = args[3].parse()?;
     let threads: i32 = args[4].parse()?;
     tch::set_num_threads(threads);
-    let model = Model::load_dir(
+    let mut model = Model::load_dir(
         dir,
         &LoadOptions {
             dtype,
             device: tch::Device::Cpu,
         },
     )?;
+    // What the inference operators do; `SSPO_BENCH_PLAIN=1` measures the unpacked weights.
+    let packed = std::env::var("SSPO_BENCH_PLAIN").map_or(true, |v| v != "1")
+        && model.decoder.pack_for_inference()?;
     let prompts: Vec<Vec<i64>> =
         serde_json::from_str(&std::fs::read_to_string(dir.join("prompts.json"))?)?;
     let request = |p: &Vec<i64>, n: usize| GenerationRequest {
@@ -101,7 +104,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "{}",
         serde_json::json!({
-            "impl": "sspo", "mixed": mixed, "dtype": dtype.to_string(), "new_tokens": total, "seconds": (secs * 1000.0).round() / 1000.0,
+            "impl": "sspo", "packed": packed, "mixed": mixed, "dtype": dtype.to_string(), "new_tokens": total, "seconds": (secs * 1000.0).round() / 1000.0,
             "tokens_per_s": (total as f64 / secs * 10.0).round() / 10.0,
             "cpu_seconds": (cpu * 100.0).round() / 100.0,
             "tokens_per_cpu_s": (total as f64 / cpu * 10.0).round() / 10.0,

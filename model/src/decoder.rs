@@ -9,6 +9,7 @@ use tch::{nn, Device, Kind, Tensor};
 use crate::cache::KvCache;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::packed::PackedWeight;
 use crate::rope;
 use crate::runtime::{check_dtype_supported, DType};
 use crate::sampling::Rng;
@@ -35,11 +36,21 @@ pub enum Attention<'a> {
 struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// Set by [`Decoder::pack_for_inference`].
+    packed: Option<PackedWeight>,
 }
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.f_linear(&self.weight, self.bias.as_ref())?)
+        match &self.packed {
+            Some(p) if p.accepts(x) => p.linear(x, self.bias.as_ref()),
+            _ => Ok(x.f_linear(&self.weight, self.bias.as_ref())?),
+        }
+    }
+
+    fn pack(&mut self) -> Result<bool> {
+        self.packed = PackedWeight::new(&self.weight)?;
+        Ok(self.packed.is_some())
     }
 }
 
@@ -54,6 +65,20 @@ struct Layer {
     gate: Linear,
     up: Linear,
     down: Linear,
+}
+
+impl Layer {
+    fn linears_mut(&mut self) -> [&mut Linear; 7] {
+        [
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
+            &mut self.o,
+            &mut self.gate,
+            &mut self.up,
+            &mut self.down,
+        ]
+    }
 }
 
 /// How parameters are filled when the decoder is built.
@@ -74,7 +99,7 @@ pub struct Decoder {
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
-    lm_head: Tensor,
+    lm_head: Linear,
     inv_freq: Tensor,
 }
 
@@ -121,7 +146,11 @@ impl Decoder {
             } else {
                 None
             };
-            Ok(Linear { weight, bias })
+            Ok(Linear {
+                weight,
+                bias,
+                packed: None,
+            })
         };
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let (nh, nkv, d) = (
@@ -160,7 +189,7 @@ impl Decoder {
         }
         let norm = param(&model.sub("norm"), "weight", &[h], Fill::Ones)?;
         // Tied embeddings: the head *is* the embedding matrix, not a copy, as in transformers.
-        let lm_head = if cfg.tie_word_embeddings {
+        let lm_head_weight = if cfg.tie_word_embeddings {
             embed.shallow_clone()
         } else {
             param(
@@ -178,7 +207,11 @@ impl Decoder {
             embed,
             layers,
             norm,
-            lm_head,
+            lm_head: Linear {
+                weight: lm_head_weight,
+                bias: None,
+                packed: None,
+            },
             inv_freq,
         })
     }
@@ -207,7 +240,34 @@ impl Decoder {
     /// (`set_kind`, `set_device`): that replaces the tensors while the decoder keeps using the
     /// old ones; choose dtype and device when loading instead.
     pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        self.unpack();
         &mut self.vs
+    }
+
+    /// Packs the fp32 CPU weight matrices for MKL's GEMM (see [`crate::packed`]): decoding
+    /// a few sequences at a time gets up to 2.6x faster matrix products, at the cost of a
+    /// second, padded copy of the matrices (about 1.75x their size). The packed copy is a
+    /// snapshot: call this only on a decoder whose weights no longer change (generation,
+    /// probing, evaluation), never before training. Returns whether anything was packed
+    /// (nothing on other devices or dtypes, or without MKL).
+    pub fn pack_for_inference(&mut self) -> Result<bool> {
+        let mut packed = self.lm_head.pack()?;
+        for layer in &mut self.layers {
+            for lin in layer.linears_mut() {
+                packed |= lin.pack()?;
+            }
+        }
+        Ok(packed)
+    }
+
+    /// Drops the packed copies made by [`Decoder::pack_for_inference`].
+    pub fn unpack(&mut self) {
+        self.lm_head.packed = None;
+        for layer in &mut self.layers {
+            for lin in layer.linears_mut() {
+                lin.packed = None;
+            }
+        }
     }
 
     /// A cache sized for `batch` rows and `capacity` columns (grows on demand).
@@ -327,9 +387,7 @@ impl Decoder {
 
     /// Float32 logits for hidden states of any leading shape `[..., hidden]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(hidden
-            .f_linear::<Tensor>(&self.lm_head, None)?
-            .f_to_kind(Kind::Float)?)
+        Ok(self.lm_head.forward(hidden)?.f_to_kind(Kind::Float)?)
     }
 
     fn check_tokens(&self, tokens: &Tensor) -> Result<(i64, i64)> {

@@ -15,6 +15,7 @@ pub mod decoder;
 pub mod error;
 pub mod generate;
 pub mod hub_dir;
+pub mod packed;
 mod rope;
 pub mod runtime;
 pub mod sampling;

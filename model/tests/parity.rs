@@ -10,6 +10,13 @@ fn load(name: &str) -> Model {
     Model::load_dir(&case_dir(name), &LoadOptions::default()).expect("load model")
 }
 
+/// The model as the inference operators use it on the CPU: weights packed for MKL.
+fn load_packed(name: &str) -> Model {
+    let mut model = load(name);
+    model.decoder.pack_for_inference().expect("pack");
+    model
+}
+
 fn logits_of(model: &Model, ids: &[i64]) -> Vec<f32> {
     let t = Tensor::from_slice(ids).view([1, -1]);
     let logits = tch::no_grad(|| model.decoder.forward(&t, Attention::Causal)).expect("forward");
@@ -18,8 +25,10 @@ fn logits_of(model: &Model, ids: &[i64]) -> Vec<f32> {
 
 #[test]
 fn logits_match_transformers() {
-    for case in CASES {
-        let model = load(case);
+    for (case, model) in CASES
+        .iter()
+        .flat_map(|c| [(c, load(c)), (c, load_packed(c))])
+    {
         let r = reference(case);
         for (ids, want) in r["prompt_ids"]
             .as_array()
@@ -152,6 +161,22 @@ fn greedy_matches_transformers() {
                 assert_eq!(&o.token_ids, w, "{case}: greedy (max_batch {max_batch})");
                 assert_eq!(o.n_tokens, w.len());
             }
+        }
+        // Packed weights, with enough rows decoding together to take the packed products.
+        let packed = load_packed(case);
+        let twice: Vec<GenerationRequest> = requests.iter().chain(&requests).cloned().collect();
+        let gen = Generator::new(
+            &packed.decoder,
+            &packed.tokenizer,
+            GeneratorConfig {
+                max_batch: twice.len(),
+                eos_token_ids: packed.eos_token_ids(),
+            },
+        );
+        assert!(twice.len() >= 4, "{case}: too few prompts to decode packed");
+        let out = gen.generate(&twice).expect("generate");
+        for (o, w) in out.iter().zip(want.iter().cycle()) {
+            assert_eq!(&o.token_ids, w, "{case}: greedy with packed weights");
         }
     }
 }

@@ -28,7 +28,7 @@ use sspo_model::{
     SamplingParams,
 };
 
-use crate::model_port::{encode_context, load_model, render_context};
+use crate::model_port::{encode_context, load_inference_model, render_context};
 use crate::tasks::AnswerFormat;
 
 /// The `generate` operator.
@@ -277,7 +277,7 @@ pub(crate) fn load_checked(
     device: &str,
     params: &GenerateParams,
 ) -> Result<Model, OpError> {
-    let m = load_model(model_ref, device)?;
+    let m = load_inference_model(model_ref, device)?;
     let max_pos = m.decoder.config().max_position_embeddings as usize;
     if params.max_new_tokens >= max_pos {
         return Err(OpError::msg(format!(
@@ -685,6 +685,7 @@ impl OutputBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model_port::load_model;
     use sspo_engine::ModelSource;
 
     fn tiny() -> Model {

@@ -35,6 +35,17 @@ pub fn load_model(model: &ModelRef, device: &str) -> Result<Model, OpError> {
     }
 }
 
+/// [`load_model`] for a model whose weights stay fixed (`generate`, `probe`, `evaluate`):
+/// fp32 CPU weights are also packed for MKL ([`sspo_model::Decoder::pack_for_inference`]),
+/// which speeds up decoding a few sequences at a time. Never for a model being trained.
+pub fn load_inference_model(model: &ModelRef, device: &str) -> Result<Model, OpError> {
+    let mut m = load_model(model, device)?;
+    m.decoder
+        .pack_for_inference()
+        .map_err(|e| OpError::msg(format!("model `{}`: packing weights: {e}", model.name)))?;
+    Ok(m)
+}
+
 /// The seed of a built-in model's random weights: a function of its name only, so every
 /// node (and every run) that names the same built-in model gets the same weights, and the
 /// model's identity in fingerprints (name and options) fully determines them.

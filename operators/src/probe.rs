@@ -33,7 +33,7 @@ use sspo_model::{Attention, Model, ModelError, PackedProbes};
 use tch::{Kind, Tensor};
 
 use crate::generate::{cell, reference_answer, utf8_column};
-use crate::model_port::{encode_context, load_model, render_context};
+use crate::model_port::{encode_context, load_inference_model, render_context};
 pub use crate::step_tokens::{trace_tokens, TraceTokens};
 use crate::tasks::AnswerFormat;
 
@@ -743,7 +743,7 @@ impl NodeKernel for ProbeKernel {
         ctx.run_chunks(rollouts.num_rows(), self.params.chunk_rows, |ctx, range| {
             if loaded.is_none() {
                 ctx.log(&format!("loading model `{}`", model_ref.name));
-                let m = load_model(&model_ref, &device)?;
+                let m = load_inference_model(&model_ref, &device)?;
                 let setup = ProbeSetup::new(&m, &self.params)
                     .map_err(|e| OpError::msg(format!("model `{}`: {e}", model_ref.name)))?;
                 loaded = Some((m, setup));

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Generation throughput: sspo (tch) vs transformers on the same random weights and prompts.
 # Usage: scripts/model/bench_generate.sh [THREADS] [REPEATS]   (defaults 2, 1)
-# Prints one JSON line per run; the two implementations alternate so that background load
-# hits both alike.
+# Prints one JSON line per run (ours with and without packed weights, then transformers);
+# the implementations alternate so that background load hits them alike.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 THREADS="${1:-2}"
@@ -23,6 +23,7 @@ for spec in "small 8 64 fixed fp32" "small 8 64 mixed fp32" "wide 8 32 fixed fp3
   echo "# shape=$1 batch=$2 new_tokens=$3 lengths=$4 dtype=$5 threads=$THREADS"
   for _ in $(seq "$REPEATS"); do
     "$BIN" "$WORK/$1" "$2" "$3" "$THREADS" "$4" "$5"
+    SSPO_BENCH_PLAIN=1 "$BIN" "$WORK/$1" "$2" "$3" "$THREADS" "$4" "$5"   # without packed weights
     "$PY" scripts/model/bench_hf_generate.py run "$WORK/$1" "$2" "$3" "$THREADS" "$4" "$5" 2>/dev/null
   done
 done
