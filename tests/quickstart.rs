@@ -113,7 +113,7 @@ fn quickstart_small_end_to_end() {
         0.0
     );
     // The shipped base solves some problems (a random model solves none); its accuracy is
-    // about 0.2, so on 24 responses it is above zero with near certainty on any CPU.
+    // about 0.8, so on 24 responses it is above zero with near certainty on any CPU.
     let base_acc = q("SELECT accuracy FROM eval_summary WHERE model = 'base'");
     assert!(base_acc > 0.0, "base accuracy {base_acc}");
 }
