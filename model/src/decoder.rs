@@ -251,23 +251,24 @@ impl Decoder {
     /// probing, evaluation), never before training. Returns whether anything was packed
     /// (nothing on other devices or dtypes, or without MKL).
     pub fn pack_for_inference(&mut self) -> Result<bool> {
-        let mut packed = self.lm_head.pack()?;
-        for layer in &mut self.layers {
-            for lin in layer.linears_mut() {
-                packed |= lin.pack()?;
-            }
+        let mut packed = false;
+        for lin in self.linears_mut() {
+            packed |= lin.pack()?;
         }
         Ok(packed)
     }
 
     /// Drops the packed copies made by [`Decoder::pack_for_inference`].
     pub fn unpack(&mut self) {
-        self.lm_head.packed = None;
-        for layer in &mut self.layers {
-            for lin in layer.linears_mut() {
-                lin.packed = None;
-            }
+        for lin in self.linears_mut() {
+            lin.packed = None;
         }
+    }
+
+    /// Every weight matrix applied with `linear`: the head and each layer's seven.
+    fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+        std::iter::once(&mut self.lm_head)
+            .chain(self.layers.iter_mut().flat_map(Layer::linears_mut))
     }
 
     /// A cache sized for `batch` rows and `capacity` columns (grows on demand).
