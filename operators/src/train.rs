@@ -76,6 +76,19 @@ pub enum LossKind {
     StepPg,
 }
 
+/// Which chosen tokens the `sspo` NLL term averages over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NllSpan {
+    /// The chosen side's tokens after the branch point (the ones the preference term
+    /// scores).
+    Branch,
+    /// The whole chosen completion, the shared leading steps included: the steps both
+    /// sides agree on are reinforced too, not only what follows the branch point.
+    #[default]
+    Completion,
+}
+
 impl LossKind {
     fn is_preference(self) -> bool {
         self != LossKind::Sft
@@ -107,6 +120,9 @@ pub struct TrainParams {
     /// Weight of the chosen NLL term (`sspo`).
     #[serde(default = "default_eta")]
     pub eta: f64,
+    /// Tokens of the chosen NLL term (`sspo`): `branch` or `completion`.
+    #[serde(default)]
+    pub nll_span: NllSpan,
     /// Ratio clip ε of `step_pg`.
     #[serde(default = "default_clip_eps")]
     pub clip_eps: f64,
@@ -749,13 +765,18 @@ fn build_examples(
             skipped.too_long += 1;
             continue;
         }
-        let side = |tr: &crate::probe::TraceTokens, adv: Option<&Vec<f64>>, is_chosen: bool| {
+        // Scoring starts at `from`; tokens before `shared_end` (scored only for the
+        // NLL term) weigh 0 in the preference sum.
+        let side = |tr: &crate::probe::TraceTokens,
+                    adv: Option<&Vec<f64>>,
+                    is_chosen: bool,
+                    from: usize| {
             let mut ids = tr.ids.clone();
             ids.push(eos);
             let mut weight = Vec::new();
             let mut a = Vec::new();
             for (k, &(s, e)) in tr.step_spans.iter().enumerate() {
-                let lo = s.max(shared_end);
+                let lo = s.max(from);
                 if e <= lo {
                     continue;
                 }
@@ -765,9 +786,10 @@ fn build_examples(
                 } else {
                     1.0
                 };
-                for _ in lo..e {
-                    weight.push(w as f32);
-                    a.push(adv_k as f32);
+                for t in lo..e {
+                    let shared = t < shared_end;
+                    weight.push(if shared { 0.0 } else { w as f32 });
+                    a.push(if shared { 0.0 } else { adv_k as f32 });
                 }
             }
             // The EOS token belongs to the last step.
@@ -775,7 +797,7 @@ fn build_examples(
             a.push(a.last().copied().unwrap_or(0.0));
             Seq {
                 ids,
-                from: shared_end,
+                from,
                 weight,
                 adv: a,
             }
@@ -784,8 +806,15 @@ fn build_examples(
             Some((a, b)) => (Some(a), Some(b)),
             None => (None, None),
         };
-        let c = side(&ct, ca, true);
-        let r = side(&rt, ra, false);
+        let nll_whole_completion =
+            p.loss == LossKind::Sspo && p.eta > 0.0 && p.nll_span == NllSpan::Completion;
+        let chosen_from = if nll_whole_completion {
+            ct.context_len
+        } else {
+            shared_end
+        };
+        let c = side(&ct, ca, true, chosen_from);
+        let r = side(&rt, ra, false, shared_end);
         debug_assert_eq!(c.weight.len(), c.scored());
         out.push(Example::Pair(c, r));
     }
@@ -1481,8 +1510,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn pairs_mask_shared_steps_and_weight_each_step() {
+    /// The examples `build_examples` makes of one hand-written pair under `params`.
+    fn one_pair(params: serde_json::Value) -> (Model, Seq, Seq, Skipped) {
         use sspo_engine::{ModelRef, ModelSource};
         let r = ModelRef {
             name: "base".into(),
@@ -1518,12 +1547,18 @@ mod tests {
             })
             .collect();
         let table = RecordBatch::try_new(schema, cols).unwrap();
-        let p: TrainParams = serde_json::from_value(json!({"alpha": 1.0})).unwrap();
+        let p: TrainParams = serde_json::from_value(params).unwrap();
         let mut skipped = Skipped::default();
         let ex = build_examples(&p, &model, &table, &mut skipped).unwrap();
-        let Example::Pair(c, rj) = &ex[0] else {
+        let Some(Example::Pair(c, rj)) = ex.into_iter().next() else {
             panic!("not a pair")
         };
+        (model, c, rj, skipped)
+    }
+
+    #[test]
+    fn pairs_mask_shared_steps_and_weight_each_step() {
+        let (model, c, rj, skipped) = one_pair(json!({"alpha": 1.0, "nll_span": "branch"}));
         let tok = &model.tokenizer;
         let ctx_len = tok.encode("Q: 1+1?\n", false).unwrap().len();
         let shared = tok.encode("One plus one.", false).unwrap().len()
@@ -1543,6 +1578,23 @@ mod tests {
         assert!(rj.weight[three..].iter().all(|&w| (w - 1.2).abs() < 1e-6));
         assert_eq!(rj.adv[three], -0.2);
         assert_eq!(skipped.total(), 0);
+    }
+
+    #[test]
+    fn default_nll_span_scores_the_shared_steps_of_the_chosen_side_at_weight_zero() {
+        let (_, branch_c, branch_r, _) = one_pair(json!({"alpha": 1.0, "nll_span": "branch"}));
+        let (model, c, rj, _) = one_pair(json!({"alpha": 1.0}));
+        let ctx_len = model.tokenizer.encode("Q: 1+1?\n", false).unwrap().len();
+        assert_eq!(c.from, ctx_len);
+        let shared = branch_c.from - ctx_len;
+        assert_eq!(c.scored(), shared + branch_c.scored());
+        assert!(c.weight[..shared].iter().all(|&w| w == 0.0));
+        assert_eq!(c.weight[shared..], branch_c.weight[..]);
+        // The rejected side and the weighted preference sum are unchanged.
+        assert_eq!((rj.from, &rj.weight), (branch_r.from, &branch_r.weight));
+        // Not for the losses without an NLL term.
+        let (_, dpo_c, _, _) = one_pair(json!({"loss": "dpo"}));
+        assert_eq!(dpo_c.from, branch_c.from);
     }
 
     #[test]

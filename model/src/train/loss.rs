@@ -1,7 +1,8 @@
 //! The training losses, on flat per-token log-probs (see [`super::token_logprobs`]).
 //!
-//! With `ρ_t = log π_θ(x_t | x_<t) − log π_ref(x_t | x_<t)` over the non-shared tokens
-//! of each side:
+//! With `ρ_t = log π_θ(x_t | x_<t) − log π_ref(x_t | x_<t)` over the scored tokens of
+//! each side (the caller decides which tokens are scored, and weighs the ones that must
+//! not enter `R` with 0: the NLL term still counts them):
 //! * `sft`: `Σ −log π_θ / denom` (denom = completion tokens of the optimizer step).
 //! * `dpo`: `−log σ(β (Σ_c ρ − Σ_r ρ))` per pair (all token weights 1, `η = 0`).
 //! * `sspo`: `R(y) = Σ_k w_k Σ_{t∈s_k} ρ_t` with step weights from the relative
