@@ -1161,4 +1161,6 @@ fn pair_batch(inputs: &Inputs, pairs: &[PairRow], cut: CutMode) -> Result<Record
 }
 
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod tests;

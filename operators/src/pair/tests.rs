@@ -1,90 +1,18 @@
 //! Chunk-level tests of `pair` on hand-built tables (no engine).
 
+use super::fixtures::{
+    broken_recheck, f64s, ints, list_f32, list_i32, list_strs, overthinker, strs, tables, Rollout,
+};
 use super::*;
-use arrow::array::{AsArray, BooleanBuilder, ListArray};
-use arrow::datatypes::{Float32Type, Int32Type};
 
-/// A boundary row: `(step, value, early_correct, early_answer)`.
-type V<'a> = (i64, Option<f64>, Option<bool>, Option<&'a str>);
-
-/// A hand-written rollout: its steps `(text, tokens)` and boundary values
-/// `(step, value, early_correct, early_answer)`.
-struct R<'a> {
-    rid: &'a str,
-    id: &'a str,
-    correct: Option<bool>,
-    steps: Vec<(&'a str, Option<i64>)>,
-    values: Vec<V<'a>>,
+/// `broken_recheck` with its answer in bold markup instead of `\boxed{}`.
+fn bold_broken_recheck<'a>(rid: &'a str, id: &'a str) -> Rollout<'a> {
+    let mut r = broken_recheck(rid, id);
+    r.steps[2] = ("So the final answer is **13**.", Some(9));
+    r
 }
 
-fn tables(rs: &[R]) -> (RecordBatch, RecordBatch, RecordBatch) {
-    let mut rid = StringBuilder::new();
-    let mut id = StringBuilder::new();
-    let mut prompt = StringBuilder::new();
-    let mut response = StringBuilder::new();
-    let mut context = StringBuilder::new();
-    let mut correct = BooleanBuilder::new();
-    let (mut s_key, mut s_step, mut s_text, mut s_tok) = (
-        StringBuilder::new(),
-        Int32Builder::new(),
-        StringBuilder::new(),
-        Int32Builder::new(),
-    );
-    let (mut v_key, mut v_step, mut v_val, mut v_ec, mut v_ea) = (
-        StringBuilder::new(),
-        Int32Builder::new(),
-        Float64Builder::new(),
-        BooleanBuilder::new(),
-        StringBuilder::new(),
-    );
-    for r in rs {
-        rid.append_value(r.rid);
-        id.append_value(r.id);
-        prompt.append_value(format!("Q {}", r.id));
-        context.append_value(format!("Question: Q {}\nAnswer:", r.id));
-        response.append_value(r.steps.iter().map(|s| s.0).collect::<String>());
-        correct.append_option(r.correct);
-        for (k, (t, n)) in r.steps.iter().enumerate() {
-            s_key.append_value(r.rid);
-            s_step.append_value(k as i32 + 1);
-            s_text.append_value(t);
-            s_tok.append_option(n.map(|n| n as i32));
-        }
-        for (k, v, ec, ea) in &r.values {
-            v_key.append_value(r.rid);
-            v_step.append_value(*k as i32);
-            v_val.append_option(*v);
-            v_ec.append_option(*ec);
-            v_ea.append_option(*ea);
-        }
-    }
-    let batch = |cols: Vec<(&str, ArrayRef)>| RecordBatch::try_from_iter(cols).unwrap();
-    (
-        batch(vec![
-            ("rollout_id", Arc::new(rid.finish()) as ArrayRef),
-            ("id", Arc::new(id.finish())),
-            ("prompt", Arc::new(prompt.finish())),
-            ("response", Arc::new(response.finish())),
-            ("context", Arc::new(context.finish())),
-            ("correct", Arc::new(correct.finish())),
-        ]),
-        batch(vec![
-            ("rollout_id", Arc::new(s_key.finish()) as ArrayRef),
-            ("step", Arc::new(s_step.finish())),
-            ("text", Arc::new(s_text.finish())),
-            ("n_tokens", Arc::new(s_tok.finish())),
-        ]),
-        batch(vec![
-            ("rollout_id", Arc::new(v_key.finish()) as ArrayRef),
-            ("step", Arc::new(v_step.finish())),
-            ("value", Arc::new(v_val.finish())),
-            ("early_correct", Arc::new(v_ec.finish())),
-            ("early_answer", Arc::new(v_ea.finish())),
-        ]),
-    )
-}
-
-fn run(p: &PairParams, rs: &[R]) -> ChunkResult {
+fn run(p: &PairParams, rs: &[Rollout]) -> ChunkResult {
     let (r, s, v) = tables(rs);
     let inputs = Inputs::load(&r, &s, &v, p).unwrap();
     let g = inputs.queries();
@@ -94,93 +22,16 @@ fn run(p: &PairParams, rs: &[R]) -> ChunkResult {
     .unwrap()
 }
 
-fn strs(b: &RecordBatch, col: &str) -> Vec<Option<String>> {
-    let a = b.column_by_name(col).unwrap().as_string::<i32>();
-    (0..a.len())
-        .map(|i| a.is_valid(i).then(|| a.value(i).to_string()))
-        .collect()
-}
-
-fn ints(b: &RecordBatch, col: &str) -> Vec<Option<i64>> {
-    let a = arrow::compute::cast(b.column_by_name(col).unwrap(), &DataType::Int64).unwrap();
-    let a = a.as_any().downcast_ref::<Int64Array>().unwrap().clone();
-    (0..a.len()).map(|i| opt_i64(&a, i)).collect()
-}
-
-fn list_strs(b: &RecordBatch, col: &str, row: usize) -> Vec<String> {
-    let l: &ListArray = b.column_by_name(col).unwrap().as_list::<i32>();
-    let v = l.value(row);
-    let s = v.as_string::<i32>();
-    (0..s.len()).map(|i| s.value(i).to_string()).collect()
-}
-
-fn list_f32(b: &RecordBatch, col: &str, row: usize) -> Vec<f32> {
-    let l: &ListArray = b.column_by_name(col).unwrap().as_list::<i32>();
-    l.value(row).as_primitive::<Float32Type>().values().to_vec()
-}
-
-fn list_i32(b: &RecordBatch, col: &str, row: usize) -> Vec<i32> {
-    let l: &ListArray = b.column_by_name(col).unwrap().as_list::<i32>();
-    l.value(row).as_primitive::<Int32Type>().values().to_vec()
-}
-
-fn f64s(b: &RecordBatch, col: &str) -> Vec<f64> {
-    b.column_by_name(col)
-        .unwrap()
-        .as_primitive::<arrow::datatypes::Float64Type>()
-        .values()
-        .to_vec()
-}
-
-/// A correct rollout that settles its answer after step 1 and then re-checks twice.
-fn overthinker<'a>(rid: &'a str, id: &'a str) -> R<'a> {
-    R {
-        rid,
-        id,
-        correct: Some(true),
-        steps: vec![
-            ("5 + 7 = 12.\n\n", Some(10)),
-            ("Check: 12 - 7 = 5.\n\n", Some(15)),
-            ("Again: 7 + 5 = 12.\n\n", Some(12)),
-            ("The answer is 12.", Some(6)),
-        ],
-        values: vec![
-            (0, Some(0.1), Some(false), Some("7")),
-            (1, Some(0.8), Some(true), Some("12")),
-            (2, Some(0.85), Some(true), Some("12")),
-            (3, Some(0.9), Some(true), Some("12")),
-            (4, Some(0.95), Some(true), Some("12")),
-        ],
-    }
-}
-
-/// An incorrect rollout whose first step was right: its re-check broke the answer.
-fn broken_recheck<'a>(rid: &'a str, id: &'a str) -> R<'a> {
-    R {
-        rid,
-        id,
-        correct: Some(false),
-        steps: vec![
-            ("5 + 7 = 12.\n\n", Some(10)),
-            ("Check: 5 + 8 = 13, so it is 13.\n\n", Some(20)),
-            ("So the final answer is **13**.", Some(9)),
-        ],
-        values: vec![
-            (0, Some(0.1), Some(false), Some("7")),
-            (1, Some(0.7), Some(true), Some("12")),
-            (2, Some(0.2), Some(false), Some("13")),
-            (3, Some(0.1), Some(false), Some("13")),
-        ],
-    }
-}
-
 #[test]
 fn compression_cuts_at_the_first_settled_correct_boundary() {
     let p = PairParams {
         kinds: vec![PairKind::Compression],
         ..PairParams::default()
     };
-    let out = run(&p, &[overthinker("q#0", "q"), broken_recheck("q#1", "q")]);
+    let out = run(
+        &p,
+        &[overthinker("q#0", "q"), bold_broken_recheck("q#1", "q")],
+    );
     let b = &out.pairs;
     assert_eq!(b.num_rows(), 2);
     assert_eq!(
@@ -233,7 +84,7 @@ fn compression_cuts_at_the_first_settled_correct_boundary() {
     assert_eq!(strs(b, "cut")[0].as_deref(), Some("vvp"));
     assert_eq!(
         strs(b, "context")[0].as_deref(),
-        Some("Question: Q q\nAnswer:")
+        Some("Question: What is 5 + 7? (q)\nAnswer:")
     );
     assert_eq!(out.compression, 2);
 }
