@@ -19,6 +19,8 @@ fn main() -> Result<()> {
         Pipeline::load(&path, &["seed=11".to_string()]).map_err(|d| anyhow::anyhow!("{d}"))?;
     let plan =
         Plan::build(spec, &sspo_operators::registry()).map_err(|d| anyhow::anyhow!("{d}"))?;
+    // The spec's `cpu:` settings, before any tensor work (libtorch reads them once).
+    sspo_operators::model_port::configure_cpu(&plan.pipeline.cpu)?;
 
     let run_dir = std::env::temp_dir().join("sspo-example-run");
     let outcomes = executor::run(

@@ -211,6 +211,12 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             progress,
         } => {
             let plan = load_plan(&pipeline, &target.sets)?;
+            // Before any tensor work and before other threads start (it sets libtorch's
+            // environment variables).
+            sspo_operators::model_port::configure_cpu(&plan.pipeline.cpu).map_err(|e| Failure {
+                code: 1,
+                message: format!("error: {}: {e}", pipeline.display()),
+            })?;
             let run_dir = run_dir_of(&plan, &target);
             install_ctrlc();
             let opts = RunOptions {

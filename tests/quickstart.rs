@@ -5,13 +5,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// One number from a one-cell CSV query.
 fn scalar(dir: &Path, run: &str, q: &str) -> f64 {

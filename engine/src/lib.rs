@@ -23,4 +23,4 @@ pub use params::Params;
 pub use plan::Plan;
 pub use progress::ProgressMode;
 pub use run::{ChunkOutput, Input, ModelRef, ModelSource, OpError, RunContext};
-pub use spec::Pipeline;
+pub use spec::{CpuSpec, Pipeline};

@@ -12,7 +12,15 @@ use crate::params::Params;
 use crate::run::ModelSource;
 use crate::yaml::{self, Node, Value};
 
-pub const TOP_KEYS: &[&str] = &["name", "description", "seed", "device", "models", "nodes"];
+pub const TOP_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "seed",
+    "device",
+    "cpu",
+    "models",
+    "nodes",
+];
 pub const NODE_KEYS: &[&str] = &["op", "description", "inputs", "params"];
 pub const MODEL_KEYS: &[&str] = &["builtin", "path", "dtype", "description"];
 
@@ -49,12 +57,83 @@ pub struct NodeSpec {
     pub params: Params,
 }
 
+/// How the CPU kernels run (the `cpu:` key). It does not enter fingerprints: like the
+/// device, it changes at most the last bits of results, not what a node computes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuSpec {
+    /// libtorch intra-op threads; `None`: libtorch's default (one per core).
+    pub threads: Option<usize>,
+    /// One of [`CPU_ISAS`].
+    pub isa: String,
+}
+
+impl Default for CpuSpec {
+    fn default() -> Self {
+        CpuSpec {
+            threads: None,
+            isa: "native".into(),
+        }
+    }
+}
+
+/// Instruction sets `cpu.isa` accepts (the model runtime's names).
+pub const CPU_ISAS: &[&str] = &["native", "baseline", "avx2", "avx512"];
+
+const CPU_KEYS: &[&str] = &["threads", "isa"];
+
+fn parse_cpu(n: &Node, diags: &mut Diagnostics) -> CpuSpec {
+    let mut cpu = CpuSpec::default();
+    let Some(fields) = n.as_map() else {
+        diags.push(
+            Diagnostic::at(
+                Some(n.loc.clone()),
+                format!("`cpu` must be a mapping, found {}", n.type_name()),
+            )
+            .with_help("e.g. cpu: {threads: 2, isa: avx2}"),
+        );
+        return cpu;
+    };
+    check_keys(fields, CPU_KEYS, "`cpu`", diags);
+    if let Some(t) = n.get("threads") {
+        match t.value {
+            Value::Int(i) if i >= 1 => cpu.threads = Some(i as usize),
+            _ => diags.push(Diagnostic::at(
+                Some(t.loc.clone()),
+                format!(
+                    "`cpu.threads` must be a positive integer, found {}",
+                    describe(t)
+                ),
+            )),
+        }
+    }
+    if let Some(i) = n.get("isa") {
+        if let Some(s) = expect_str(i, "`cpu.isa`", diags) {
+            let s = s.to_ascii_lowercase();
+            if CPU_ISAS.contains(&s.as_str()) {
+                cpu.isa = s;
+            } else {
+                let mut d = Diagnostic::at(
+                    Some(i.loc.clone()),
+                    format!("unknown CPU instruction set `{s}`"),
+                );
+                d = match crate::diag::did_you_mean(&s, CPU_ISAS.iter().copied()) {
+                    Some(m) => d.with_help(format!("did you mean `{m}`?")),
+                    None => d.with_help(format!("expected one of {}", CPU_ISAS.join(", "))),
+                };
+                diags.push(d);
+            }
+        }
+    }
+    cpu
+}
+
 /// A parsed pipeline file.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     pub name: String,
     pub seed: u64,
     pub device: String,
+    pub cpu: CpuSpec,
     pub models: BTreeMap<String, ModelEntry>,
     /// In file order.
     pub nodes: Vec<NodeSpec>,
@@ -192,6 +271,11 @@ fn from_tree(root: &Node, path: &Path, base_dir: PathBuf) -> Result<Pipeline, Di
         None => "auto".into(),
     };
 
+    let cpu = match root.get("cpu") {
+        Some(n) => parse_cpu(n, &mut diags),
+        None => CpuSpec::default(),
+    };
+
     let models = match root.get("models") {
         Some(m) => parse_models(m, &base_dir, &mut diags),
         None => BTreeMap::new(),
@@ -234,6 +318,7 @@ fn from_tree(root: &Node, path: &Path, base_dir: PathBuf) -> Result<Pipeline, Di
         name,
         seed,
         device,
+        cpu,
         models,
         nodes,
         base_dir,
@@ -598,5 +683,52 @@ mod tests {
             Some("--set sede=1".into())
         );
         assert_eq!(d.help.as_deref(), Some("did you mean `seed`?"));
+    }
+
+    #[test]
+    fn reads_cpu_settings_and_locates_their_errors() {
+        let p = load(
+            "cpu: {threads: 2, isa: AVX2}\nnodes:\n  a: {op: source, params: {n: 1}}\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            p.cpu,
+            CpuSpec {
+                threads: Some(2),
+                isa: "avx2".into()
+            }
+        );
+        let p = load("nodes:\n  a: {op: source}\n", &[]).unwrap();
+        assert_eq!(p.cpu, CpuSpec::default());
+        assert_eq!(p.cpu.isa, "native");
+
+        let text = load("cpu: {threads: 0, isa: avx3, thread: 1}\nnodes: {}\n", &[])
+            .unwrap()
+            .problems
+            .sorted()
+            .to_string();
+        assert!(
+            text.contains("p.yaml:1:16: error: `cpu.threads` must be a positive integer, found 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("p.yaml:1:24: error: unknown CPU instruction set `avx3`\n  help: did you mean `avx2`?"),
+            "{text}"
+        );
+        assert!(
+            text.contains("error: unknown key `thread` in `cpu`\n  help: did you mean `threads`?"),
+            "{text}"
+        );
+        let text = load("cpu: avx2\nnodes: {}\n", &[])
+            .unwrap()
+            .problems
+            .to_string();
+        assert!(
+            text.contains("p.yaml:1:6: error: `cpu` must be a mapping, found"),
+            "{text}"
+        );
+        let p = load("nodes: {}\n", &["cpu.isa=baseline", "cpu.threads=1"]).unwrap();
+        assert_eq!((p.cpu.threads, p.cpu.isa.as_str()), (Some(1), "baseline"));
     }
 }

@@ -33,6 +33,10 @@ pub enum ModelError {
     #[error("invalid model config: {0}")]
     Config(String),
 
+    /// A `cpu:` setting this process cannot apply.
+    #[error("cpu settings: {0}")]
+    Cpu(String),
+
     /// A checkpoint lacks a tensor the architecture needs.
     #[error("missing tensor {name:?} in checkpoint {}", dir.display())]
     MissingTensor { name: String, dir: PathBuf },

@@ -11,6 +11,7 @@ pub mod builtin;
 pub mod cache;
 pub mod chat;
 pub mod config;
+pub mod cpu;
 pub mod decoder;
 pub mod error;
 pub mod generate;
@@ -27,6 +28,7 @@ mod weights;
 pub use cache::KvCache;
 pub use chat::ChatTemplate;
 pub use config::{Family, ModelConfig, RopeScaling};
+pub use cpu::{configure_cpu, CpuIsa, CpuSettings};
 pub use decoder::{Attention, Decoder};
 pub use error::{ModelError, Result};
 pub use generate::{

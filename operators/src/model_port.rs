@@ -19,9 +19,21 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{json, Value};
-use sspo_engine::{ModelRef, ModelSource, OpError};
-use sspo_model::{parse_device, DType, LoadOptions, Model, TextTokenizer};
+use sspo_engine::{CpuSpec, ModelRef, ModelSource, OpError};
+use sspo_model::{parse_device, CpuSettings, DType, LoadOptions, Model, TextTokenizer};
 use tch::Device;
+
+/// Applies a pipeline's `cpu:` settings (thread count, pinned instruction set) to this
+/// process. It must run before any model work: libtorch reads the instruction set once,
+/// on its first kernel call ([`sspo_model::cpu`]).
+pub fn configure_cpu(spec: &CpuSpec) -> Result<(), OpError> {
+    let isa = spec.isa.parse().map_err(|e| OpError::msg(format!("{e}")))?;
+    sspo_model::configure_cpu(&CpuSettings {
+        threads: spec.threads,
+        isa,
+    })
+    .map_err(|e| OpError::msg(format!("{e}")))
+}
 
 /// Loads the model of a port on `device` (`auto | cpu | cuda | cuda:N`).
 pub fn load_model(model: &ModelRef, device: &str) -> Result<Model, OpError> {
