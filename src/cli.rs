@@ -136,9 +136,23 @@ impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
         Failure {
             code: 1,
-            message: format!("error: {e:#}"),
+            message: format!("error: {}", render_chain(&e)),
         }
     }
+}
+
+/// The error and its causes joined by `: `. The library errors already end their message
+/// with their source's, so a cause whose text the message ends with is not repeated.
+fn render_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn invalid(d: Diagnostics) -> Failure {
@@ -213,10 +227,8 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             let plan = load_plan(&pipeline, &target.sets)?;
             // Before any tensor work and before other threads start (it sets libtorch's
             // environment variables).
-            sspo_operators::model_port::configure_cpu(&plan.pipeline.cpu).map_err(|e| Failure {
-                code: 1,
-                message: format!("error: {}: {e}", pipeline.display()),
-            })?;
+            sspo_operators::model_port::configure_cpu(&plan.pipeline.cpu)
+                .with_context(|| pipeline.display().to_string())?;
             let run_dir = run_dir_of(&plan, &target);
             install_ctrlc();
             let opts = RunOptions {
