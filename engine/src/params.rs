@@ -72,6 +72,32 @@ impl Params {
     pub fn node(&self) -> Option<&Node> {
         self.node.as_ref()
     }
+
+    /// The fingerprinted form of an operator's parsed params: `typed` serialised (defaults
+    /// filled in) with the `exclude`d keys removed (settings that change speed, not
+    /// output). Fails, located at these params, when `typed` does not serialise to a map
+    /// or an excluded key is not one of its keys: a fingerprint is never computed over
+    /// `{}` or over a stale key list.
+    pub fn fingerprint_json<T: serde::Serialize>(
+        &self,
+        typed: &T,
+        exclude: &[&str],
+    ) -> Result<serde_json::Value, Diagnostics> {
+        let internal = |what: String| -> Diagnostics {
+            self.error(&[], format!("internal error: params cannot be fingerprinted: {what}"))
+                .into()
+        };
+        let mut value = serde_json::to_value(typed).map_err(|e| internal(e.to_string()))?;
+        let Some(map) = value.as_object_mut() else {
+            return Err(internal(format!("they serialise to `{value}`, not a map")));
+        };
+        for key in exclude {
+            if map.remove(*key).is_none() {
+                return Err(internal(format!("no key `{key}` to leave out")));
+            }
+        }
+        Ok(value)
+    }
 }
 
 fn node_from_json(v: &serde_json::Value, loc: &Loc) -> Node {
@@ -457,6 +483,26 @@ mod tests {
     fn params(doc: &str) -> Params {
         let root = parse(doc, "p.yaml").unwrap();
         Params::new(root.get("params").cloned(), Some(root.loc.clone()))
+    }
+
+    #[test]
+    fn fingerprint_json_leaves_out_named_keys_and_refuses_unknown_ones() {
+        #[derive(serde::Serialize)]
+        struct Fp {
+            lr: f64,
+            batch_size: usize,
+        }
+        let p = params("params: {}\n");
+        let typed = Fp {
+            lr: 0.5,
+            batch_size: 4,
+        };
+        let v = p.fingerprint_json(&typed, &["batch_size"]).unwrap();
+        assert_eq!(v, serde_json::json!({"lr": 0.5}));
+        let err = p.fingerprint_json(&typed, &["batchsize"]).unwrap_err();
+        assert!(err.to_string().contains("no key `batchsize`"), "{err}");
+        let err = p.fingerprint_json(&3u32, &[]).unwrap_err();
+        assert!(err.to_string().contains("not a map"), "{err}");
     }
 
     #[test]

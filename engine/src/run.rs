@@ -34,6 +34,9 @@ pub enum OpError {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("interrupted; committed work is kept and the next run resumes from it")]
     Cancelled,
+    /// A broken invariant: a bug in `sspo`, not a problem with the user's input.
+    #[error("internal error (a bug in sspo, please report it): {0}")]
+    Internal(String),
     #[error("{context}: {source}")]
     Context {
         context: String,
@@ -45,6 +48,11 @@ pub enum OpError {
 impl OpError {
     pub fn msg(m: impl Into<String>) -> Self {
         OpError::Message(m.into())
+    }
+
+    /// A broken invariant (a bug), as opposed to bad input.
+    pub fn internal(m: impl Into<String>) -> Self {
+        OpError::Internal(m.into())
     }
 
     /// Wraps any error with a sentence saying what was being done.
