@@ -36,9 +36,10 @@ use sspo_engine::{
 };
 use sspo_model::Model;
 
+use crate::columns::{cell, utf8_column};
 use crate::generate::{
-    cell, finish_reason_name, generate_rows, judge, load_checked, utf8_column, GenerateParams,
-    PromptColumns, Throughput,
+    finish_reason_name, generate_rows, judge, load_checked, GenerateParams, PromptColumns,
+    Throughput,
 };
 use crate::segment::{Boundary, Splitter};
 use crate::tasks::AnswerFormat;

@@ -28,6 +28,7 @@ use sspo_model::{
     SamplingParams,
 };
 
+use crate::columns::{cell, utf8_column};
 use crate::model_port::{encode_context, load_inference_model, render_context};
 use crate::tasks::AnswerFormat;
 
@@ -336,23 +337,6 @@ impl PromptColumns {
             answer: utf8_column(table, "answer")?,
         })
     }
-}
-
-/// A column of `table` cast to Utf8, if it exists.
-pub(crate) fn utf8_column(table: &RecordBatch, name: &str) -> Result<Option<StringArray>, OpError> {
-    let Some(col) = table.column_by_name(name) else {
-        return Ok(None);
-    };
-    let cast: ArrayRef = match col.data_type() {
-        DataType::Utf8 => col.clone(),
-        _ => arrow::compute::cast(col, &DataType::Utf8)
-            .map_err(|e| OpError::msg(format!("column `{name}` is not text: {e}")))?,
-    };
-    Ok(cast.as_any().downcast_ref::<StringArray>().cloned())
-}
-
-pub(crate) fn cell(a: &StringArray, i: usize) -> Option<&str> {
-    a.is_valid(i).then(|| a.value(i))
 }
 
 /// The reference answer of a cell, as `answer_format` reads it (null or blank: none).

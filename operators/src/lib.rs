@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use sspo_engine::Registry;
 
+pub mod columns;
 pub mod evaluate;
 pub mod generate;
 pub mod model_port;

@@ -32,7 +32,7 @@ use sspo_engine::{
     Port, RunContext,
 };
 
-use crate::generate::{cell, utf8_column};
+use crate::columns::{cell, utf8_column};
 use crate::tasks::AnswerFormat;
 use gae::{GaeConfig, StepAdvantages};
 use select::{Candidate, ConcludeError};

@@ -32,7 +32,8 @@ use sspo_engine::{
 use sspo_model::{Attention, Model, ModelError, PackedProbes};
 use tch::{Kind, Tensor};
 
-use crate::generate::{cell, reference_answer, utf8_column};
+use crate::columns::{cell, utf8_column};
+use crate::generate::reference_answer;
 use crate::model_port::{encode_context, load_inference_model, render_context};
 pub use crate::step_tokens::{trace_tokens, TraceTokens};
 use crate::tasks::AnswerFormat;

@@ -42,7 +42,7 @@ use sspo_model::train::{
 use sspo_model::Model;
 use tch::Tensor;
 
-use crate::generate::{cell, utf8_column};
+use crate::columns::{cell, utf8_column};
 use crate::model_port::{load_model, render_context};
 use crate::probe::trace_tokens;
 
