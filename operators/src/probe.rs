@@ -32,7 +32,7 @@ use sspo_engine::{
 use sspo_model::{Attention, Model, ModelError, PackedProbes};
 use tch::{Kind, Tensor};
 
-use crate::columns::{cell, utf8_column};
+use crate::columns::{cell, key_column, utf8_column};
 use crate::generate::reference_answer;
 use crate::model_port::{encode_context, load_inference_model, render_context};
 pub use crate::step_tokens::{trace_tokens, TraceTokens};
@@ -690,14 +690,6 @@ impl Operator for Probe {
 /// A configured `probe` node.
 pub struct ProbeKernel {
     pub params: ProbeParams,
-}
-
-fn key_column(has_rollout_id: bool) -> &'static str {
-    if has_rollout_id {
-        "rollout_id"
-    } else {
-        "id"
-    }
 }
 
 impl NodeKernel for ProbeKernel {

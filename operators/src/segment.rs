@@ -27,6 +27,7 @@ use sspo_engine::{
 };
 use sspo_model::TextTokenizer;
 
+use crate::columns::key_column;
 use crate::model_port::load_tokenizer;
 use crate::step_tokens::trace_tokens;
 
@@ -399,15 +400,6 @@ struct SegmentKernel {
     splitter: Splitter,
     tokenizer: Option<Arc<TextTokenizer>>,
     tokenizer_path: Option<PathBuf>,
-}
-
-/// The key column the output keeps: `rollout_id` when the input has it, else `id`.
-fn key_column(has_rollout_id: bool) -> &'static str {
-    if has_rollout_id {
-        "rollout_id"
-    } else {
-        "id"
-    }
 }
 
 impl NodeKernel for SegmentKernel {

@@ -6,6 +6,8 @@ use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::DataType;
 use sspo_engine::OpError;
 
+pub mod lists;
+
 /// A column of `table` cast to Utf8, if it exists.
 pub fn utf8_column(table: &RecordBatch, name: &str) -> Result<Option<StringArray>, OpError> {
     let Some(col) = table.column_by_name(name) else {
@@ -24,3 +26,13 @@ pub fn cell(a: &StringArray, i: usize) -> Option<&str> {
     a.is_valid(i).then(|| a.value(i))
 }
 
+
+/// The key column a per-trace output keeps: `rollout_id` when the input has it (rows of
+/// `generate`), else `id` (a user's own traces).
+pub fn key_column(has_rollout_id: bool) -> &'static str {
+    if has_rollout_id {
+        "rollout_id"
+    } else {
+        "id"
+    }
+}
