@@ -2,7 +2,7 @@
 //! and the aligned data section. Every read is bounds-checked and every tensor's data is
 //! checked to lie inside the file before anything is dequantised.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::dequant;
@@ -152,8 +152,26 @@ struct Parsed {
     tensors: Vec<TensorInfo>,
 }
 
+/// Parses the file in the order it is laid out: header, metadata, tensor infos, and the
+/// placement of each tensor's data.
 fn parse(data: &[u8]) -> GgufResult<Parsed> {
     let mut c = Cursor { data, pos: 0 };
+    let (version, n_tensors, n_kv) = header(&mut c)?;
+    let metadata = read_metadata(&mut c, n_kv)?;
+    let alignment = alignment(&metadata)?;
+    let infos = read_tensor_infos(&mut c, n_tensors)?;
+    let data_start = align_up(c.pos as u64, alignment);
+    let tensors = place_tensors(infos, data_start, alignment, data.len() as u64)?;
+    Ok(Parsed {
+        version,
+        alignment,
+        metadata,
+        tensors,
+    })
+}
+
+/// Magic, version, tensor count and metadata count.
+fn header(c: &mut Cursor<'_>) -> GgufResult<(u32, u64, u64)> {
     let magic = c.take(4, || "the magic number".into())?;
     if magic != MAGIC {
         return Err(GgufError::BadMagic {
@@ -168,6 +186,10 @@ fn parse(data: &[u8]) -> GgufResult<Parsed> {
     }
     let n_tensors = c.u64(|| "the tensor count".into())?;
     let n_kv = c.u64(|| "the metadata count".into())?;
+    Ok((version, n_tensors, n_kv))
+}
+
+fn read_metadata(c: &mut Cursor<'_>, n_kv: u64) -> GgufResult<Metadata> {
     // A key/value pair takes at least 8 (key length) + 4 (type) + 1 bytes.
     c.check_count(n_kv, 13, "the metadata count")?;
     let mut metadata = Metadata::default();
@@ -178,70 +200,86 @@ fn parse(data: &[u8]) -> GgufResult<Parsed> {
         let value = c.value(type_id, 0, &what)?;
         metadata.insert(key, value)?;
     }
-    let alignment = match metadata.get("general.alignment") {
-        None => DEFAULT_ALIGNMENT,
-        Some(MetaValue::U32(a)) if a.is_power_of_two() => u64::from(*a),
-        Some(MetaValue::U32(a)) => {
-            return Err(GgufError::BadAlignment {
-                alignment: (*a).into(),
-            })
-        }
-        Some(other) => {
-            return Err(GgufError::WrongKeyType {
-                key: "general.alignment".into(),
-                expected: "a uint32",
-                found: other.type_name(),
-            })
-        }
-    };
+    Ok(metadata)
+}
+
+/// `general.alignment`: a power-of-two uint32, 32 when absent.
+fn alignment(metadata: &Metadata) -> GgufResult<u64> {
+    match metadata.get("general.alignment") {
+        None => Ok(DEFAULT_ALIGNMENT),
+        Some(MetaValue::U32(a)) if a.is_power_of_two() => Ok(u64::from(*a)),
+        Some(MetaValue::U32(a)) => Err(GgufError::BadAlignment {
+            alignment: u64::from(*a),
+        }),
+        Some(other) => Err(GgufError::WrongKeyType {
+            key: "general.alignment".into(),
+            expected: "a uint32",
+            found: other.type_name(),
+        }),
+    }
+}
+
+/// A tensor info as stored: its offset is relative to the data section.
+struct StoredInfo {
+    name: String,
+    dims: Vec<u64>,
+    ggml_type: GgmlType,
+    offset: u64,
+}
+
+fn read_tensor_infos(c: &mut Cursor<'_>, n_tensors: u64) -> GgufResult<Vec<StoredInfo>> {
     // A tensor info takes at least 8 (name length) + 4 (dims) + 4 (type) + 8 (offset) bytes.
     c.check_count(n_tensors, 24, "the tensor count")?;
     let mut infos = Vec::with_capacity(n_tensors as usize);
+    let mut seen = HashSet::new();
     for i in 0..n_tensors {
-        infos.push(c.tensor_info(i)?);
+        let info = c.tensor_info(i)?;
+        if !seen.insert(info.name.clone()) {
+            return Err(GgufError::DuplicateTensor { tensor: info.name });
+        }
+        infos.push(info);
     }
-    let data_start = align_up(c.pos as u64, alignment);
-    let len = data.len() as u64;
-    let mut tensors = Vec::with_capacity(infos.len());
-    let mut seen = std::collections::HashSet::new();
-    for (name, dims, ggml_type, rel) in infos {
-        if !seen.insert(name.clone()) {
-            return Err(GgufError::DuplicateTensor { tensor: name });
-        }
-        if rel % alignment != 0 {
-            return Err(GgufError::Misaligned {
-                tensor: name,
-                offset: rel,
-                alignment,
-            });
-        }
-        let n_bytes = byte_size(&name, &dims, ggml_type)?;
-        let offset = data_start.checked_add(rel);
-        let end = offset.and_then(|o| o.checked_add(n_bytes));
-        match (offset, end) {
-            (Some(offset), Some(end)) if end <= len => tensors.push(TensorInfo {
-                name,
-                dims,
-                ggml_type,
+    Ok(infos)
+}
+
+/// Checks that each tensor is aligned and lies inside the file, and sizes it.
+fn place_tensors(
+    infos: Vec<StoredInfo>,
+    data_start: u64,
+    alignment: u64,
+    len: u64,
+) -> GgufResult<Vec<TensorInfo>> {
+    infos
+        .into_iter()
+        .map(|info| {
+            if info.offset % alignment != 0 {
+                return Err(GgufError::Misaligned {
+                    tensor: info.name,
+                    offset: info.offset,
+                    alignment,
+                });
+            }
+            let n_bytes = byte_size(&info.name, &info.dims, info.ggml_type)?;
+            let offset = data_start.saturating_add(info.offset);
+            let end = offset.saturating_add(n_bytes);
+            // Saturation only happens past any real file length, so the check stays exact.
+            if end > len {
+                return Err(GgufError::TensorOutOfBounds {
+                    tensor: info.name,
+                    offset,
+                    end,
+                    len,
+                });
+            }
+            Ok(TensorInfo {
+                name: info.name,
+                dims: info.dims,
+                ggml_type: info.ggml_type,
                 offset,
                 n_bytes,
-            }),
-            _ => {
-                return Err(GgufError::TensorOutOfBounds {
-                    tensor: name,
-                    offset: data_start.saturating_add(rel),
-                    end: data_start.saturating_add(rel).saturating_add(n_bytes),
-                    len,
-                })
-            }
-        }
-    }
-    Ok(Parsed {
-        version,
-        alignment,
-        metadata,
-        tensors,
-    })
+            })
+        })
+        .collect()
 }
 
 fn align_up(pos: u64, alignment: u64) -> u64 {
@@ -379,8 +417,8 @@ impl<'a> Cursor<'a> {
         })
     }
 
-    /// Name, dimensions, type and offset (relative to the data section) of tensor `i`.
-    fn tensor_info(&mut self, i: u64) -> GgufResult<(String, Vec<u64>, GgmlType, u64)> {
+    /// Tensor info `i`.
+    fn tensor_info(&mut self, i: u64) -> GgufResult<StoredInfo> {
         let name = self.string(|| format!("the name of tensor {i}"))?;
         let what = || format!("the info of tensor {name:?}");
         let n_dims = self.u32(what)?;
@@ -401,6 +439,11 @@ impl<'a> Cursor<'a> {
             tensor: name.clone(),
             type_id,
         })?;
-        Ok((name, dims, ggml_type, offset))
+        Ok(StoredInfo {
+            name,
+            dims,
+            ggml_type,
+            offset,
+        })
     }
 }
