@@ -160,3 +160,77 @@ fn rope_scaling(md: &Metadata, arch: Arch) -> GgufResult<Value> {
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::metadata::MetaValue;
+
+    fn metadata(pairs: &[(&str, MetaValue)]) -> Metadata {
+        let mut md = Metadata::default();
+        for (k, v) in pairs {
+            md.insert(k.to_string(), v.clone()).unwrap();
+        }
+        md
+    }
+
+    #[test]
+    fn rope_scaling_keys() {
+        let s = |v: &str| MetaValue::String(v.into());
+        let cases = [
+            (vec![], Value::Null),
+            (vec![("llama.rope.scaling.type", s("none"))], Value::Null),
+            (
+                vec![("llama.rope.scaling.factor", MetaValue::F32(1.0))],
+                Value::Null,
+            ),
+            (
+                vec![
+                    ("llama.rope.scaling.type", s("linear")),
+                    ("llama.rope.scaling.factor", MetaValue::F32(4.0)),
+                ],
+                json!({"rope_type": "linear", "factor": 4.0}),
+            ),
+            (
+                vec![("llama.rope.scale_linear", MetaValue::F32(2.0))],
+                json!({"rope_type": "linear", "factor": 2.0}),
+            ),
+        ];
+        for (pairs, want) in cases {
+            assert_eq!(
+                rope_scaling(&metadata(&pairs), Arch::Llama).unwrap(),
+                want,
+                "{pairs:?}"
+            );
+        }
+        let yarn = metadata(&[
+            ("qwen2.rope.scaling.type", s("yarn")),
+            ("qwen2.rope.scaling.factor", MetaValue::F32(4.0)),
+        ]);
+        let err = rope_scaling(&yarn, Arch::Qwen2).unwrap_err().to_string();
+        assert!(
+            err.contains("\"yarn\"") && err.contains("supported: none, linear"),
+            "{err}"
+        );
+        let negative = metadata(&[("llama.rope.scaling.factor", MetaValue::F32(-2.0))]);
+        assert!(rope_scaling(&negative, Arch::Llama).is_err());
+    }
+
+    #[test]
+    fn architecture_errors_list_the_supported_ones() {
+        let md = metadata(&[("general.architecture", MetaValue::String("phi3".into()))]);
+        let err = Arch::of(&md).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "architecture \"phi3\" is not supported (supported: llama, qwen2)"
+        );
+        let err = Arch::of(&Metadata::default()).unwrap_err().to_string();
+        assert_eq!(err, "missing metadata key \"general.architecture\"");
+        let md = metadata(&[("general.architecture", MetaValue::U32(1))]);
+        let err = Arch::of(&md).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "metadata key \"general.architecture\" must be a string, found uint32"
+        );
+    }
+}

@@ -36,7 +36,7 @@ pub enum GgufError {
     InvalidUtf8 { what: String },
 
     /// A count or size so large the file could not hold it.
-    #[error("{what}: {count} entries cannot fit in the {left} bytes left in the file")]
+    #[error("{what} declares {count} entries, which cannot fit in the {left} bytes left in the file (truncated or corrupt)")]
     ImplausibleCount { what: String, count: u64, left: u64 },
 
     /// The same metadata key twice.
