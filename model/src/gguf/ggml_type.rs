@@ -54,7 +54,8 @@ const ALL: &[GgmlType] = {
     ]
 };
 
-/// The types [`crate::gguf::dequant`] turns into f32, in the order documentation lists them.
+/// The types [`GgufFile::dequantize`](crate::gguf::GgufFile::dequantize) turns into f32, in
+/// the order documentation lists them.
 pub const DEQUANTIZABLE: &[GgmlType] = {
     use GgmlType::*;
     &[

@@ -12,7 +12,7 @@
 //! * [`gguf_identity`]: the file's content hash, for fingerprints.
 //!
 //! A loaded model is an ordinary [`Model`]: [`Model::save_dir`] exports it as a Hugging Face
-//! directory. Every error is a [`ModelError::Gguf`](crate::ModelError::Gguf) naming the file.
+//! directory. Every error is a [`ModelError::Gguf`] naming the file.
 
 mod config;
 mod dequant;
