@@ -81,6 +81,14 @@ pub enum ModelError {
     #[error("unknown built-in model {0:?} (available: {1})")]
     UnknownBuiltin(String, String),
 
+    /// A GGUF file is malformed, truncated or describes something this crate does not run.
+    #[error("GGUF file {}: {source}", path.display())]
+    Gguf {
+        path: PathBuf,
+        #[source]
+        source: crate::gguf::GgufError,
+    },
+
     /// libtorch raised an error.
     #[error("torch error: {0}")]
     Torch(#[from] tch::TchError),

@@ -1,6 +1,7 @@
 //! Decoder-only transformers (Qwen2 / Llama family) on libtorch.
 //!
-//! * [`Model::load_dir`] / [`Model::save_dir`]: HF directories in and out.
+//! * [`Model::load_dir`] / [`Model::save_dir`]: HF directories in and out;
+//!   [`Model::load_gguf`]: llama.cpp's GGUF files in ([`gguf`]).
 //! * [`Decoder::forward`]: logits for causal, padded or custom-masked (packed) batches;
 //!   [`Decoder::forward_cached`] for incremental decoding with a [`KvCache`].
 //! * [`generate::Generator`]: batched KV-cache generation with continuous batching.
@@ -15,6 +16,7 @@ pub mod cpu;
 pub mod decoder;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod hub_dir;
 pub mod packed;
 mod rope;
@@ -34,6 +36,7 @@ pub use error::{ModelError, Result};
 pub use generate::{
     FinishReason, GenerationOutput, GenerationRequest, Generator, GeneratorConfig, SamplingParams,
 };
+pub use gguf::{gguf_identity, GgufError, GgufFile};
 pub use hub_dir::{GenerationDefaults, LoadOptions, Model};
 pub use runtime::{check_dtype_supported, parse_device, DType};
 pub use score::{

@@ -1,0 +1,99 @@
+//! GGUF files (llama.cpp's format) as models: [`Model::load_gguf`].
+//!
+//! * [`GgufFile`]: the file, parsed and bounds-checked (versions 2 and 3, metadata of every
+//!   value type, tensor infos, `general.alignment`), its tensor data memory-mapped.
+//! * Dequantisation of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K into
+//!   f32, bit-identical to `gguf.quants.dequantize` ([`GgufFile::dequantize`]).
+//! * Architectures `llama` and `qwen2`: the [`ModelConfig`](crate::ModelConfig) from
+//!   `{arch}.*` metadata, tensors renamed to transformers' names, llama's Q/K rotary
+//!   permutation undone.
+//! * The byte-level BPE tokenizer of `tokenizer.ggml.*` and the chat template of
+//!   `tokenizer.chat_template`.
+//! * [`gguf_identity`]: the file's content hash, for fingerprints.
+//!
+//! A loaded model is an ordinary [`Model`]: [`Model::save_dir`] exports it as a Hugging Face
+//! directory. Every error is a [`ModelError::Gguf`] naming the file.
+
+mod config;
+mod dequant;
+mod error;
+mod ggml_type;
+mod metadata;
+mod mmap;
+mod reader;
+mod tensors;
+mod tokenizer;
+
+use std::path::Path;
+
+use serde_json::json;
+
+pub use config::SUPPORTED_ARCHITECTURES;
+pub use error::GgufError;
+pub use ggml_type::{GgmlType, DEQUANTIZABLE};
+pub use metadata::{MetaValue, Metadata, ValueType};
+pub use reader::{GgufFile, TensorInfo};
+pub use tokenizer::SUPPORTED_TOKENIZERS;
+
+use crate::chat::ChatTemplate;
+use crate::decoder::{Decoder, Init};
+use crate::error::{ModelError, Result};
+use crate::hub_dir::{GenerationDefaults, LoadOptions, Model};
+use config::Arch;
+use error::GgufResult;
+
+impl Model {
+    /// Loads a GGUF file: weights dequantised into `opts.dtype` on `opts.device`, its
+    /// tokenizer, chat template and special token ids. The whole file is checked before any
+    /// tensor is dequantised; on error nothing is returned.
+    pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
+        let file = GgufFile::open(path)?;
+        load(&file, opts).map_err(|e| e.at(path))
+    }
+}
+
+fn load(file: &GgufFile, opts: &LoadOptions) -> GgufResult<Model> {
+    let md = file.metadata();
+    let arch = Arch::of(md)?;
+    let vocab = tokenizer::vocabulary(md, config::context_length(md, arch)?)?;
+    let cfg = config::model_config(file, arch, &vocab)?;
+    let decoder = Decoder::build(&cfg, opts.dtype, opts.device, Init::Zeros)?;
+    let params = decoder.var_store().variables();
+    let loads = tensors::plan(file, arch, &cfg, &params)?;
+    tensors::fill(file, &loads, &params)?;
+    let chat_template = md
+        .string("tokenizer.chat_template")?
+        .map(|source| ChatTemplate::new(source, vocab.special_tokens.clone()))
+        .transpose()?;
+    // Generation stops at EOS and, for chat models that have one, at the end-of-turn token.
+    let mut eos_token_ids: Vec<i64> = vocab.eos.into_iter().collect();
+    eos_token_ids.extend(vocab.eot.filter(|t| !eos_token_ids.contains(t)));
+    let generation = GenerationDefaults {
+        eos_token_ids,
+        bos_token_id: vocab.bos,
+        pad_token_id: vocab.pad,
+        raw: json!({}),
+        ..Default::default()
+    };
+    Ok(Model {
+        decoder,
+        tokenizer: vocab.tokenizer,
+        chat_template,
+        generation,
+    })
+}
+
+/// The identity of a GGUF model in fingerprints: the hex blake3 hash of the file's bytes
+/// (the same value `sspo_engine`'s content hasher gives the file).
+pub fn gguf_identity(path: &Path) -> Result<String> {
+    if !path.exists() {
+        return Err(ModelError::MissingFile(path.to_path_buf()));
+    }
+    let io = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let bytes = mmap::FileBytes::new(&file).map_err(io)?;
+    Ok(blake3::hash(bytes.as_slice()).to_hex().to_string())
+}
