@@ -27,11 +27,8 @@ demo: release
 	./target/release/sspo-run sql pipelines/quickstart.yaml \
 	  "SELECT model, n, round(accuracy, 3) AS accuracy, round(mean_tokens, 1) AS mean_tokens, round(oracle_tokens, 1) AS oracle_tokens, round(length_reduction, 3) AS length_reduction, round(accuracy_delta, 3) AS accuracy_delta, round(redundancy_removed, 3) AS redundancy_removed FROM eval_summary"
 
-# The tests build with the release profile, like the demo: a fresh machine compiles the
-# dependencies once (DataFusion, Arrow, tch are most of the build), and the end-to-end tests
-# run at full speed. `cargo test` alone still gives the faster-compiling dev build.
 test: $(VENV_STAMP)
-	$(CARGO) test --release --workspace --all-targets
+	$(CARGO) test --workspace --all-targets
 
 build: $(VENV_STAMP)
 	$(CARGO) build --workspace --all-targets
