@@ -4,10 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::error::OpError;
 use crate::fingerprint::ContentHasher;
 use crate::plan::{Plan, PlanError};
 use crate::progress::{Progress, ProgressMode};
-use crate::run::{OpError, RunContext};
+use crate::run::RunContext;
 use crate::store::{Manifest, NodeDir, NodeState, RunLock, StoreError};
 
 /// The state of a node's output relative to the current spec.

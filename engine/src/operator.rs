@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::diag::Diagnostics;
+use crate::error::OpError;
 use crate::params::Params;
 use crate::run::RunContext;
 
@@ -70,25 +71,6 @@ impl Port {
     pub const fn many(mut self) -> Self {
         self.many = true;
         self
-    }
-}
-
-/// The binding key of entry `index` of a list input (`models.0`), or the port itself.
-pub fn binding_key(port: &str, index: Option<usize>) -> String {
-    match index {
-        Some(k) => format!("{port}.{k}"),
-        None => port.to_string(),
-    }
-}
-
-/// The port and list index a binding key stands for.
-pub fn split_binding_key(key: &str) -> (&str, Option<usize>) {
-    match key.rsplit_once('.') {
-        Some((port, k)) => match k.parse() {
-            Ok(k) => (port, Some(k)),
-            Err(_) => (key, None),
-        },
-        None => (key, None),
     }
 }
 
@@ -189,7 +171,7 @@ pub trait NodeKernel: Send + Sync {
     }
 
     /// Does the work; commits output through the context.
-    fn run(&self, ctx: &mut RunContext) -> Result<(), crate::run::OpError>;
+    fn run(&self, ctx: &mut RunContext) -> Result<(), OpError>;
 }
 
 /// Operators by name.

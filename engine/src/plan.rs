@@ -8,13 +8,10 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use crate::binding::{binding_key, split_binding_key, Input, ModelRef, ModelSource};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::fingerprint::{canonical_json, hash_bytes, ContentHasher};
-use crate::operator::{
-    binding_key, split_binding_key, Columns, ConfigureContext, NodeKernel, Operator, PortKind,
-    Registry,
-};
-use crate::run::{Input, ModelRef, ModelSource};
+use crate::operator::{Columns, ConfigureContext, NodeKernel, Operator, PortKind, Registry};
 use crate::spec::{NodeSpec, Pipeline};
 use crate::store::NodeDir;
 

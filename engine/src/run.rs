@@ -9,8 +9,10 @@ use std::time::Instant;
 
 use arrow::array::RecordBatch;
 
+use crate::binding::{split_binding_key, Input, ModelRef};
+use crate::error::OpError;
 use crate::progress::NodeProgress;
-use crate::store::{now_s, schema_records, ChunkRecord, Manifest, NodeDir, NodeState, StoreError};
+use crate::store::{now_s, schema_records, ChunkRecord, Manifest, NodeDir, NodeState};
 
 static CANCEL: AtomicBool = AtomicBool::new(false);
 
@@ -21,78 +23,6 @@ pub fn request_cancel() {
 
 pub fn cancel_requested() -> bool {
     CANCEL.load(Ordering::SeqCst)
-}
-
-/// Errors of a running node.
-#[derive(Debug, thiserror::Error)]
-pub enum OpError {
-    #[error("{0}")]
-    Message(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Arrow(#[from] arrow::error::ArrowError),
-    #[error("interrupted; committed work is kept and the next run resumes from it")]
-    Cancelled,
-    /// A broken invariant: a bug in `sspo`, not a problem with the user's input.
-    #[error("internal error (a bug in sspo, please report it): {0}")]
-    Internal(String),
-    #[error("{context}: {source}")]
-    Context {
-        context: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-}
-
-impl OpError {
-    pub fn msg(m: impl Into<String>) -> Self {
-        OpError::Message(m.into())
-    }
-
-    /// A broken invariant (a bug), as opposed to bad input.
-    pub fn internal(m: impl Into<String>) -> Self {
-        OpError::Internal(m.into())
-    }
-
-    /// Wraps any error with a sentence saying what was being done.
-    pub fn context(
-        context: impl Into<String>,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> Self {
-        OpError::Context {
-            context: context.into(),
-            source: source.into(),
-        }
-    }
-}
-
-/// Where a model comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModelSource {
-    /// A built-in configuration, by name (e.g. `tiny-synth`).
-    Builtin(String),
-    /// A local HF-format directory (a `models:` path, or a node's artifact).
-    Dir(PathBuf),
-}
-
-/// A model bound to a model port.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelRef {
-    /// The `models:` key or the producing node's id.
-    pub name: String,
-    pub source: ModelSource,
-    /// Extra keys of the `models:` entry (dtype, tokenizer, ...), as written.
-    pub options: serde_json::Map<String, serde_json::Value>,
-    /// Content identity (part of every downstream fingerprint).
-    pub identity: String,
-}
-
-/// A bound input port.
-#[derive(Debug, Clone)]
-pub enum Input {
-    Table { node: String, dir: NodeDir },
-    Model(ModelRef),
 }
 
 /// One chunk's output: the primary table and any extra tables.
@@ -198,7 +128,7 @@ impl<'a> RunContext<'a> {
     pub fn input_models(&self, port: &str) -> Result<Vec<&ModelRef>, OpError> {
         let mut found: Vec<(usize, &ModelRef)> = Vec::new();
         for (key, input) in &self.inputs {
-            let (base, index) = crate::operator::split_binding_key(key);
+            let (base, index) = split_binding_key(key);
             if base != port {
                 continue;
             }

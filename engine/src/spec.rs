@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::binding::ModelSource;
 use crate::diag::{Diagnostic, Diagnostics, Loc};
 use crate::params::Params;
-use crate::run::ModelSource;
 use crate::yaml::{self, Node, Value};
 
 pub const TOP_KEYS: &[&str] = &[
