@@ -43,17 +43,16 @@ impl From<RecordBatch> for ChunkOutput {
 
 /// The running node's view of the world.
 pub struct RunContext<'a> {
-    pub node_id: String,
-    pub op: String,
-    pub op_version: u32,
-    pub fingerprint: String,
-    pub seed: u64,
-    /// `auto | cpu | cuda | cuda:N` from the spec.
-    pub device: String,
-    pub run_dir: PathBuf,
-    pub dir: NodeDir,
-    pub inputs: BTreeMap<String, Input>,
-    pub progress: &'a NodeProgress,
+    node_id: String,
+    op: String,
+    op_version: u32,
+    fingerprint: String,
+    seed: u64,
+    device: String,
+    run_dir: PathBuf,
+    dir: NodeDir,
+    inputs: BTreeMap<String, Input>,
+    progress: &'a NodeProgress,
     manifest: Option<Manifest>,
     counters: BTreeMap<String, u64>,
     metrics: serde_json::Map<String, serde_json::Value>,
@@ -100,6 +99,56 @@ impl<'a> RunContext<'a> {
             log,
             started: Instant::now(),
         }
+    }
+
+    /// The node's id in the spec.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The operator's `op:` name.
+    pub fn op(&self) -> &str {
+        &self.op
+    }
+
+    pub fn op_version(&self) -> u32 {
+        self.op_version
+    }
+
+    /// The node's fingerprint in this run.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The pipeline's seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// `auto | cpu | cuda | cuda:N` from the spec.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// The run directory (every node's directory is inside it).
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// This node's directory in the store.
+    pub fn dir(&self) -> &NodeDir {
+        &self.dir
+    }
+
+    /// The bound inputs, by binding key (`port`, or `port.N` for a list port).
+    pub fn inputs(&self) -> &BTreeMap<String, Input> {
+        &self.inputs
+    }
+
+    /// The node's progress display. It lives as long as the context, not as one borrow
+    /// of it, so an operator can report progress while it also commits chunks.
+    pub fn progress(&self) -> &'a NodeProgress {
+        self.progress
     }
 
     /// The committed state this run resumes from, if any.
@@ -175,10 +224,7 @@ impl<'a> RunContext<'a> {
             h.update(&(p.len() as u64).to_le_bytes());
             h.update(p);
         }
-        let bytes = h.finalize();
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&bytes.as_bytes()[..8]);
-        u64::from_le_bytes(first)
+        sspo_common::rng::blake3_u64(&h.finalize())
     }
 
     /// Logs a line through the run's progress display.
