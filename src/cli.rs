@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use sspo_common::suggest::did_you_mean;
 use sspo_engine::executor::{self, default_run_dir, RunError};
 use sspo_engine::sql::{self, Format};
 use sspo_engine::{Diagnostics, Pipeline, Plan, ProgressMode, Registry, RunOptions};
@@ -312,7 +313,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             let tables = sql::tables(&run_dir).context("listing tables")?;
             if !tables.iter().any(|t| t.name == node) {
                 let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
-                let hint = sspo_engine::diag::did_you_mean(&node, names.iter().copied())
+                let hint = did_you_mean(&node, names.iter().copied())
                     .map(|s| format!(" (did you mean `{s}`?)"))
                     .unwrap_or_default();
                 return Err(Failure {

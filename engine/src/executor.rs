@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use sspo_common::suggest::did_you_mean;
+
 use crate::error::OpError;
 use crate::fingerprint::ContentHasher;
 use crate::plan::{Plan, PlanError};
@@ -114,7 +116,7 @@ pub fn status(
 fn resolve_node(plan: &Plan, id: &str) -> Result<usize, RunError> {
     plan.index(id).ok_or_else(|| {
         let ids: Vec<&str> = plan.nodes.iter().map(|n| n.id()).collect();
-        let hint = crate::diag::did_you_mean(id, ids.iter().copied())
+        let hint = did_you_mean(id, ids.iter().copied())
             .map(|s| format!(" (did you mean `{s}`?)"))
             .unwrap_or_default();
         RunError::UnknownNode(id.to_string(), hint)

@@ -76,8 +76,7 @@ impl Plan {
                         Some(spec.op_loc.clone()),
                         format!("unknown operator `{}`", spec.op),
                     )
-                    .suggest(&spec.op, registry.names())
-                    .or_else_list(registry.names()),
+                    .help_for(&spec.op, registry.names()),
                 );
                 configured.push(None);
                 continue;
@@ -120,8 +119,7 @@ impl Plan {
                                     input.port
                                 ),
                             )
-                            .suggest(&input.port, names.iter().copied())
-                            .or_else_list(names.iter().copied()),
+                            .help_for(&input.port, names.iter().copied()),
                         );
                         continue;
                     }
@@ -254,8 +252,7 @@ impl Plan {
                                     spec.id, ids[*j], pipeline.nodes[*j].op
                                 ),
                             )
-                            .suggest(&col, upstream.names.iter().map(String::as_str))
-                            .or_else_list(upstream.names.iter().map(String::as_str)),
+                            .help_for(&col, upstream.names.iter().map(String::as_str)),
                         );
                     }
                 }
@@ -432,22 +429,6 @@ impl Plan {
             out.insert(port.clone(), input);
         }
         Ok(out)
-    }
-}
-
-trait OrElseList {
-    fn or_else_list<'a>(self, names: impl IntoIterator<Item = &'a str>) -> Self;
-}
-
-impl OrElseList for Diagnostic {
-    fn or_else_list<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Self {
-        if self.help.is_none() {
-            let names: Vec<&str> = names.into_iter().collect();
-            if !names.is_empty() {
-                self.help = Some(format!("expected one of: {}", names.join(", ")));
-            }
-        }
-        self
     }
 }
 

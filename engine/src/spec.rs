@@ -112,15 +112,13 @@ fn parse_cpu(n: &Node, diags: &mut Diagnostics) -> CpuSpec {
             if CPU_ISAS.contains(&s.as_str()) {
                 cpu.isa = s;
             } else {
-                let mut d = Diagnostic::at(
-                    Some(i.loc.clone()),
-                    format!("unknown CPU instruction set `{s}`"),
+                diags.push(
+                    Diagnostic::at(
+                        Some(i.loc.clone()),
+                        format!("unknown CPU instruction set `{s}`"),
+                    )
+                    .help_for(&s, CPU_ISAS.iter().copied()),
                 );
-                d = match crate::diag::did_you_mean(&s, CPU_ISAS.iter().copied()) {
-                    Some(m) => d.with_help(format!("did you mean `{m}`?")),
-                    None => d.with_help(format!("expected one of {}", CPU_ISAS.join(", "))),
-                };
-                diags.push(d);
             }
         }
     }
@@ -544,23 +542,9 @@ fn check_keys(entries: &[(Node, Node)], allowed: &[&str], what: &str, diags: &mu
                     Some(k.loc.clone()),
                     format!("unknown key `{key}` in {what}"),
                 )
-                .suggest(key, allowed.iter().copied())
-                .or_list(allowed),
+                .help_for(key, allowed.iter().copied()),
             );
         }
-    }
-}
-
-trait OrList {
-    fn or_list(self, allowed: &[&str]) -> Self;
-}
-
-impl OrList for Diagnostic {
-    fn or_list(mut self, allowed: &[&str]) -> Self {
-        if self.help.is_none() {
-            self.help = Some(format!("expected one of: {}", allowed.join(", ")));
-        }
-        self
     }
 }
 
