@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use sspo_common::cpu_isa;
+
 use crate::binding::ModelSource;
 use crate::diag::{Diagnostic, Diagnostics, Loc};
 use crate::params::Params;
@@ -63,7 +65,7 @@ pub struct NodeSpec {
 pub struct CpuSpec {
     /// libtorch intra-op threads; `None`: libtorch's default (one per core).
     pub threads: Option<usize>,
-    /// One of [`CPU_ISAS`].
+    /// One of [`sspo_common::cpu_isa::NAMES`].
     pub isa: String,
 }
 
@@ -75,9 +77,6 @@ impl Default for CpuSpec {
         }
     }
 }
-
-/// Instruction sets `cpu.isa` accepts (the model runtime's names).
-pub const CPU_ISAS: &[&str] = &["native", "baseline", "avx2", "avx512"];
 
 const CPU_KEYS: &[&str] = &["threads", "isa"];
 
@@ -109,7 +108,7 @@ fn parse_cpu(n: &Node, diags: &mut Diagnostics) -> CpuSpec {
     if let Some(i) = n.get("isa") {
         if let Some(s) = expect_str(i, "`cpu.isa`", diags) {
             let s = s.to_ascii_lowercase();
-            if CPU_ISAS.contains(&s.as_str()) {
+            if cpu_isa::NAMES.contains(&s.as_str()) {
                 cpu.isa = s;
             } else {
                 diags.push(
@@ -117,7 +116,7 @@ fn parse_cpu(n: &Node, diags: &mut Diagnostics) -> CpuSpec {
                         Some(i.loc.clone()),
                         format!("unknown CPU instruction set `{s}`"),
                     )
-                    .help_for(&s, CPU_ISAS.iter().copied()),
+                    .help_for(&s, cpu_isa::NAMES),
                 );
             }
         }
