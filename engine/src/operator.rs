@@ -170,6 +170,14 @@ pub trait NodeKernel: Send + Sync {
         1024
     }
 
+    /// The extra tables this node writes besides its primary one (chunk outputs'
+    /// `extra`, [`RunContext::commit_final`]), by their names in the node. SQL sees each
+    /// as `<node>_<table>`; the plan refuses a pipeline where such a name is also another
+    /// node's table.
+    fn extra_tables(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+
     /// Does the work; commits output through the context.
     fn run(&self, ctx: &mut RunContext) -> Result<(), OpError>;
 }

@@ -64,11 +64,12 @@ pub enum PlanError {
 
 impl Plan {
     /// Checks everything that can be checked without running, in named passes
-    /// (`plan/passes.rs`: operators and params, ports, order, columns),
+    /// (`plan/passes.rs`: operators and params, SQL table names, ports, order, columns),
     /// and reports every problem, sorted by position.
     pub fn build(pipeline: Pipeline, registry: &Registry) -> Result<Plan, Diagnostics> {
         let mut diags = pipeline.problems.clone();
         let configured = passes::configure_nodes(&pipeline, registry, &mut diags);
+        passes::check_table_names(&pipeline, &configured, &mut diags);
         let bindings = passes::bind_ports(&pipeline, registry, &configured, &mut diags);
         let Some(order) = passes::order_nodes(&pipeline, &bindings, &mut diags) else {
             return Err(diags.sorted());

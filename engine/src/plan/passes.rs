@@ -48,7 +48,100 @@ pub(super) fn configure_nodes(
     configured
 }
 
-/// Pass 2: every input is bound to a node or a `models:` entry, through a port the
+/// Pass 2: no two tables of the run get the same SQL name. A node's primary table is
+/// named after the node and its extra tables `<node>_<table>`
+/// ([`NodeKernel::extra_tables`](crate::NodeKernel::extra_tables)), so a node called
+/// `eval_summary` would hide the `summary` table of a node `eval`. The error points at
+/// the node to rename: the one whose own name clashes, or the later one in the file when
+/// two extra tables clash; its help suggests a free name.
+pub(super) fn check_table_names(
+    pipeline: &Pipeline,
+    configured: &[Option<Configured>],
+    diags: &mut Diagnostics,
+) {
+    /// One table: its SQL name, its node, its name in the node ("" = primary).
+    struct Table<'a> {
+        sql: String,
+        node: usize,
+        table: &'a str,
+    }
+    let describe = |t: &Table| {
+        let id = &pipeline.nodes[t.node].id;
+        if t.table.is_empty() {
+            format!("the table of node `{id}`")
+        } else {
+            format!("table `{}` of node `{id}`", t.table)
+        }
+    };
+    // Primary tables first, then extra tables in file order: a clash of an extra table
+    // with an earlier entry is then either with a node's own name or with an earlier
+    // node's extra table.
+    let mut tables: Vec<Table> = (0..pipeline.nodes.len())
+        .map(|i| Table {
+            sql: pipeline.nodes[i].id.clone(),
+            node: i,
+            table: "",
+        })
+        .collect();
+    for (i, c) in configured.iter().enumerate() {
+        for table in c.iter().flat_map(|(_, kernel)| kernel.extra_tables()) {
+            tables.push(Table {
+                sql: format!("{}_{table}", pipeline.nodes[i].id),
+                node: i,
+                table,
+            });
+        }
+    }
+    let taken: Vec<&str> = tables.iter().map(|t| t.sql.as_str()).collect();
+    for (k, extra) in tables
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| !t.table.is_empty())
+    {
+        let Some(earlier) = tables[..k]
+            .iter()
+            .find(|t| t.sql == extra.sql && t.node != extra.node)
+        else {
+            continue;
+        };
+        let (renamed, kept) = if earlier.table.is_empty() {
+            (earlier, extra)
+        } else {
+            (extra, earlier)
+        };
+        let node = &pipeline.nodes[renamed.node];
+        diags.push(
+            Diagnostic::at(
+                Some(node.loc.clone()),
+                format!(
+                    "{} and {} would both be the SQL table `{}`",
+                    describe(renamed),
+                    describe(kept),
+                    extra.sql
+                ),
+            )
+            .with_help(format!(
+                "rename node `{}`, e.g. to `{}`",
+                node.id,
+                free_name(&node.id, &taken)
+            )),
+        );
+    }
+}
+
+/// `<id>_2`, `<id>_3`, ...: the first that neither names a table nor starts the name of
+/// one.
+fn free_name(id: &str, taken: &[&str]) -> String {
+    (2u32..)
+        .map(|k| format!("{id}_{k}"))
+        .find(|name| {
+            let prefix = format!("{name}_");
+            !taken.iter().any(|t| t == name || t.starts_with(&prefix))
+        })
+        .unwrap_or_else(|| id.to_string())
+}
+
+/// Pass 3: every input is bound to a node or a `models:` entry, through a port the
 /// operator has, with a list only on a list port and the kind (table or model) the port
 /// takes; every required port is connected. Returns each node's bindings by binding key.
 pub(super) fn bind_ports(
@@ -202,7 +295,7 @@ fn check_required_ports(spec: &NodeSpec, op: &dyn Operator, diags: &mut Diagnost
     }
 }
 
-/// Pass 3: an order in which every node comes after the nodes it reads (file order among
+/// Pass 4: an order in which every node comes after the nodes it reads (file order among
 /// independent nodes), or `None` with the cycle named as a chain.
 pub(super) fn order_nodes(
     pipeline: &Pipeline,
@@ -226,7 +319,7 @@ pub(super) fn order_nodes(
     }
 }
 
-/// Pass 4: in dependency order, the columns each node requires on its table ports
+/// Pass 5: in dependency order, the columns each node requires on its table ports
 /// against the columns its upstream nodes declare. Returns every node's output columns
 /// (open and empty for a node that did not configure).
 pub(super) fn check_columns(
