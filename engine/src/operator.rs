@@ -165,11 +165,6 @@ pub trait NodeKernel: Send + Sync {
         false
     }
 
-    /// Input rows per committed chunk (the unit of resume).
-    fn chunk_rows(&self) -> usize {
-        1024
-    }
-
     /// The extra tables this node writes besides its primary one (chunk outputs'
     /// `extra`, [`RunContext::commit_final`]), by their names in the node. SQL sees each
     /// as `<node>_<table>`; the plan refuses a pipeline where such a name is also another

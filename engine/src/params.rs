@@ -70,11 +70,6 @@ impl Params {
         Diagnostic::at(self.loc(path), message)
     }
 
-    /// The raw tree, for operators that need to look at it directly.
-    pub fn node(&self) -> Option<&Node> {
-        self.node.as_ref()
-    }
-
     /// The fingerprinted form of an operator's parsed params: `typed` serialised (defaults
     /// filled in) with the `exclude`d keys removed (settings that change speed, not
     /// output). Fails, located at these params, when `typed` does not serialise to a map

@@ -143,10 +143,6 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn node(&self, id: &str) -> Option<&NodeSpec> {
-        self.nodes.iter().find(|n| n.id == id)
-    }
-
     /// Reads `path`, applies `--set` overrides, checks the file's shape.
     pub fn load(path: &Path, sets: &[String]) -> Result<Pipeline, Diagnostics> {
         let text = std::fs::read_to_string(path).map_err(|e| {
