@@ -6,7 +6,8 @@
 //! a variant that wraps another error ends with that error's text (`{context}: {source}`)
 //! or is `#[error(transparent)]`. `source()` still returns the cause for code that wants
 //! the typed value, but nothing needs to walk the chain to show a complete message:
-//! printing an error's `Display` once shows all of it.
+//! printing an error's `Display` once shows all of it. The CLI relies on this and prints
+//! each library error exactly once, prefixed only by the contexts it adds itself.
 
 use crate::store::StoreError;
 
