@@ -21,17 +21,21 @@ use sspo_engine::{
     Pipeline, Plan, Port, ProgressMode, RunContext, RunOptions,
 };
 
-/// Params of `char_stats`; unknown keys are rejected with a "did you mean".
+/// Params of `char_stats`; unknown keys are rejected with a "did you mean", absent ones
+/// take the values of `Default`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct CharStatsParams {
     /// The text column to measure.
-    #[serde(default = "default_column")]
     column: String,
 }
 
-fn default_column() -> String {
-    "prompt".into()
+impl Default for CharStatsParams {
+    fn default() -> Self {
+        Self {
+            column: "prompt".into(),
+        }
+    }
 }
 
 struct CharStats;
@@ -61,17 +65,20 @@ impl Operator for CharStats {
                 .error(&["column"], "`column` must not be empty")
                 .into());
         }
-        Ok(Arc::new(CharStatsKernel { p }))
+        // What enters the fingerprint: every param here changes the output.
+        let fingerprinted = params.fingerprint_json(&p, &[])?;
+        Ok(Arc::new(CharStatsKernel { p, fingerprinted }))
     }
 }
 
 struct CharStatsKernel {
     p: CharStatsParams,
+    fingerprinted: serde_json::Value,
 }
 
 impl NodeKernel for CharStatsKernel {
     fn params_json(&self) -> serde_json::Value {
-        serde_json::to_value(&self.p).unwrap_or_default()
+        self.fingerprinted.clone()
     }
     fn required_columns(&self) -> Vec<(&'static str, Vec<String>)> {
         vec![("rows", vec!["id".into(), self.p.column.clone()])]

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use sspo_common::suggest::did_you_mean;
 use sspo_engine::executor::{self, default_run_dir, RunError};
 use sspo_engine::sql::{self, Format};
 use sspo_engine::{Diagnostics, Pipeline, Plan, ProgressMode, Registry, RunOptions};
@@ -132,27 +132,35 @@ struct Failure {
     message: String,
 }
 
-impl From<anyhow::Error> for Failure {
-    fn from(e: anyhow::Error) -> Self {
+impl Failure {
+    /// A library error as the user sees it: `error: ` and its `Display`, once. Every sspo
+    /// error's `Display` already includes its causes (see `sspo_engine::error`), so the
+    /// `source()` chain is not walked: it would only repeat them.
+    fn error(code: i32, err: &dyn std::error::Error) -> Self {
         Failure {
-            code: 1,
-            message: format!("error: {}", render_chain(&e)),
+            code,
+            message: format!("error: {err}"),
+        }
+    }
+
+    /// A library error after a context the CLI adds itself (`error: CONTEXT: ERROR`).
+    fn error_in(code: i32, context: impl std::fmt::Display, err: &dyn std::error::Error) -> Self {
+        Failure {
+            code,
+            message: format!("error: {context}: {err}"),
         }
     }
 }
 
-/// The error and its causes joined by `: `. The library errors already end their message
-/// with their source's, so a cause whose text the message ends with is not repeated.
-fn render_chain(e: &anyhow::Error) -> String {
-    let mut out = e.to_string();
-    for cause in e.chain().skip(1) {
-        let text = cause.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
+/// A runtime failure (exit 1) of a library call, with the CLI's context for it.
+trait Context<T> {
+    fn context(self, context: impl std::fmt::Display) -> Result<T, Failure>;
+}
+
+impl<T, E: std::error::Error> Context<T> for Result<T, E> {
+    fn context(self, context: impl std::fmt::Display) -> Result<T, Failure> {
+        self.map_err(|e| Failure::error_in(1, context, &e))
     }
-    out
 }
 
 fn invalid(d: Diagnostics) -> Failure {
@@ -228,7 +236,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             // Before any tensor work and before other threads start (it sets libtorch's
             // environment variables).
             sspo_operators::model_port::configure_cpu(&plan.pipeline.cpu)
-                .with_context(|| pipeline.display().to_string())?;
+                .context(pipeline.display())?;
             let run_dir = run_dir_of(&plan, &target);
             install_ctrlc();
             let opts = RunOptions {
@@ -251,11 +259,8 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                     code: 130,
                     message: format!("{e}"),
                 }),
-                Err(e @ RunError::UnknownNode(..)) => Err(Failure {
-                    code: 2,
-                    message: format!("error: {e}"),
-                }),
-                Err(e) => Err(anyhow::Error::new(e).into()),
+                Err(e @ RunError::UnknownNode(..)) => Err(Failure::error(2, &e)),
+                Err(e) => Err(Failure::error(1, &e)),
             }
         }
         Command::Validate { pipeline, sets } => {
@@ -272,7 +277,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             let plan = load_plan(&pipeline, &target.sets)?;
             let run_dir = run_dir_of(&plan, &target);
             let rows = executor::status(&plan, &run_dir)
-                .with_context(|| format!("reading {}", run_dir.display()))?;
+                .context(format!("reading {}", run_dir.display()))?;
             println!("{:<20} {:<8} {:>10}  op", "node", "status", "rows");
             for (i, (id, st, m)) in rows.iter().enumerate() {
                 let op = &plan.nodes[plan.order[i]].spec.op;
@@ -291,10 +296,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             target,
         } => {
             let run_dir = resolve_source(&source, &target)?;
-            let batches = sql::query(&run_dir, &query).map_err(|e| Failure {
-                code: 1,
-                message: format!("error: {e}"),
-            })?;
+            let batches = sql::query(&run_dir, &query).map_err(|e| Failure::error(1, &e))?;
             print!(
                 "{}",
                 ensure_newline(sql::render(&batches, format.into()).context("rendering")?)
@@ -312,7 +314,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             let tables = sql::tables(&run_dir).context("listing tables")?;
             if !tables.iter().any(|t| t.name == node) {
                 let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
-                let hint = sspo_engine::diag::did_you_mean(&node, names.iter().copied())
+                let hint = did_you_mean(&node, names.iter().copied())
                     .map(|s| format!(" (did you mean `{s}`?)"))
                     .unwrap_or_default();
                 return Err(Failure {

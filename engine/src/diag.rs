@@ -1,8 +1,13 @@
 //! Located diagnostics: `FILE:LINE:COL: error: message` plus an optional help line.
-//! Every spec problem becomes one of these, and validation collects all of them.
+//! Every spec problem becomes one of these, and validation collects all of them. Hints
+//! for a wrong name come from [`sspo_common::suggest`], as everywhere in `sspo`.
 
 use std::fmt;
 use std::sync::Arc;
+
+use sspo_common::suggest;
+/// The shared "did you mean" (kept under its old path).
+pub use sspo_common::suggest::did_you_mean;
 
 /// A position in a source text (1-based line and column).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +56,19 @@ impl Diagnostic {
     pub fn suggest<'a>(mut self, got: &str, candidates: impl IntoIterator<Item = &'a str>) -> Self {
         if let Some(best) = did_you_mean(got, candidates) {
             self.help = Some(format!("did you mean `{best}`?"));
+        }
+        self
+    }
+
+    /// Adds "did you mean `x`?" when a close candidate exists, else the list of valid
+    /// names ([`sspo_common::suggest::help_for`]).
+    pub fn help_for<'a>(
+        mut self,
+        got: &str,
+        candidates: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        if let Some(help) = suggest::help_for(got, candidates) {
+            self.help = Some(help);
         }
         self
     }
@@ -134,31 +152,16 @@ impl fmt::Display for Diagnostics {
 
 impl std::error::Error for Diagnostics {}
 
-/// The closest candidate by Jaro-Winkler similarity, when it is close enough to be a
-/// plausible typo.
-pub fn did_you_mean<'a>(
-    got: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<String> {
-    candidates
-        .into_iter()
-        .map(|c| (strsim::jaro_winkler(got, c), c))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| c.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn suggests_close_names_only() {
-        assert_eq!(
-            did_you_mean("segmnet", ["source", "segment", "generate"]),
-            Some("segment".into())
-        );
-        assert_eq!(did_you_mean("zzz", ["source", "segment"]), None);
+    fn a_hint_falls_back_to_the_list_of_names() {
+        let d = Diagnostic::at(None, "unknown operator `zzz`").help_for("zzz", ["source", "pair"]);
+        assert_eq!(d.help.as_deref(), Some("expected one of: source, pair"));
+        let d = Diagnostic::at(None, "unknown operator `sorce`").help_for("sorce", ["source"]);
+        assert_eq!(d.help.as_deref(), Some("did you mean `source`?"));
     }
 
     #[test]

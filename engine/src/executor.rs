@@ -4,10 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use sspo_common::suggest::did_you_mean;
+
+use crate::error::OpError;
 use crate::fingerprint::ContentHasher;
 use crate::plan::{Plan, PlanError};
 use crate::progress::{Progress, ProgressMode};
-use crate::run::{OpError, RunContext};
+use crate::run::RunContext;
 use crate::store::{Manifest, NodeDir, NodeState, RunLock, StoreError};
 
 /// The state of a node's output relative to the current spec.
@@ -113,7 +116,7 @@ pub fn status(
 fn resolve_node(plan: &Plan, id: &str) -> Result<usize, RunError> {
     plan.index(id).ok_or_else(|| {
         let ids: Vec<&str> = plan.nodes.iter().map(|n| n.id()).collect();
-        let hint = crate::diag::did_you_mean(id, ids.iter().copied())
+        let hint = did_you_mean(id, ids.iter().copied())
             .map(|s| format!(" (did you mean `{s}`?)"))
             .unwrap_or_default();
         RunError::UnknownNode(id.to_string(), hint)

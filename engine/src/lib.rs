@@ -2,8 +2,21 @@
 //! a fingerprinted Parquet store with chunked resume, a topological executor, progress,
 //! and SQL over every node's table. It knows nothing of models or torch: operators are
 //! plugged in through [`operator::Registry`].
+//!
+//! The modules are layered, each importing only from the ones before it:
+//!
+//! - foundations: [`diag`] (located diagnostics), [`yaml`], [`params`], [`store`] (the
+//!   on-disk format), [`error`] ([`OpError`]), [`binding`] (what a port is bound to),
+//!   [`fingerprint`], [`progress`];
+//! - [`spec`]: the file's shape, parsed;
+//! - [`run`]: what a running node sees ([`RunContext`], the chunk loop), and
+//!   [`operator`]: the extension point, whose kernels run in a [`RunContext`];
+//! - [`plan`]: a spec checked against the operators;
+//! - [`executor`]: a plan run against a run directory; [`sql`]: queries over one.
 
+pub mod binding;
 pub mod diag;
+pub mod error;
 pub mod executor;
 pub mod fingerprint;
 pub mod operator;
@@ -16,11 +29,13 @@ pub mod sql;
 pub mod store;
 pub mod yaml;
 
+pub use binding::{Input, ModelRef, ModelSource};
 pub use diag::{Diagnostic, Diagnostics, Loc};
+pub use error::OpError;
 pub use executor::{run, status, NodeOutcome, NodeStatus, RunError, RunOptions};
 pub use operator::{Columns, ConfigureContext, NodeKernel, Operator, Port, PortKind, Registry};
 pub use params::Params;
 pub use plan::Plan;
 pub use progress::ProgressMode;
-pub use run::{ChunkOutput, Input, ModelRef, ModelSource, OpError, RunContext};
+pub use run::{ChunkOutput, RunContext};
 pub use spec::{CpuSpec, Pipeline};

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::diag::Diagnostics;
+use crate::error::OpError;
 use crate::params::Params;
 use crate::run::RunContext;
 
@@ -70,25 +71,6 @@ impl Port {
     pub const fn many(mut self) -> Self {
         self.many = true;
         self
-    }
-}
-
-/// The binding key of entry `index` of a list input (`models.0`), or the port itself.
-pub fn binding_key(port: &str, index: Option<usize>) -> String {
-    match index {
-        Some(k) => format!("{port}.{k}"),
-        None => port.to_string(),
-    }
-}
-
-/// The port and list index a binding key stands for.
-pub fn split_binding_key(key: &str) -> (&str, Option<usize>) {
-    match key.rsplit_once('.') {
-        Some((port, k)) => match k.parse() {
-            Ok(k) => (port, Some(k)),
-            Err(_) => (key, None),
-        },
-        None => (key, None),
     }
 }
 
@@ -183,13 +165,16 @@ pub trait NodeKernel: Send + Sync {
         false
     }
 
-    /// Input rows per committed chunk (the unit of resume).
-    fn chunk_rows(&self) -> usize {
-        1024
+    /// The extra tables this node writes besides its primary one (chunk outputs'
+    /// `extra`, [`RunContext::commit_final`]), by their names in the node. SQL sees each
+    /// as `<node>_<table>`; the plan refuses a pipeline where such a name is also another
+    /// node's table.
+    fn extra_tables(&self) -> Vec<&'static str> {
+        Vec::new()
     }
 
     /// Does the work; commits output through the context.
-    fn run(&self, ctx: &mut RunContext) -> Result<(), crate::run::OpError>;
+    fn run(&self, ctx: &mut RunContext) -> Result<(), OpError>;
 }
 
 /// Operators by name.

@@ -11,7 +11,9 @@ use serde::de::{
     SeqAccess, VariantAccess, Visitor,
 };
 
-use crate::diag::{did_you_mean, Diagnostic, Diagnostics, Loc};
+use sspo_common::suggest::help_for;
+
+use crate::diag::{Diagnostic, Diagnostics, Loc};
 use crate::yaml::{Node, Value};
 
 /// The `params:` of one node (absent params read as an empty mapping).
@@ -68,11 +70,6 @@ impl Params {
         Diagnostic::at(self.loc(path), message)
     }
 
-    /// The raw tree, for operators that need to look at it directly.
-    pub fn node(&self) -> Option<&Node> {
-        self.node.as_ref()
-    }
-
     /// The fingerprinted form of an operator's parsed params: `typed` serialised (defaults
     /// filled in) with the `exclude`d keys removed (settings that change speed, not
     /// output). Fails, located at these params, when `typed` does not serialise to a map
@@ -84,8 +81,11 @@ impl Params {
         exclude: &[&str],
     ) -> Result<serde_json::Value, Diagnostics> {
         let internal = |what: String| -> Diagnostics {
-            self.error(&[], format!("internal error: params cannot be fingerprinted: {what}"))
-                .into()
+            self.error(
+                &[],
+                format!("internal error: params cannot be fingerprinted: {what}"),
+            )
+            .into()
         };
         let mut value = serde_json::to_value(typed).map_err(|e| internal(e.to_string()))?;
         let Some(map) = value.as_object_mut() else {
@@ -168,9 +168,7 @@ impl de::Error for ParamError {
     }
 
     fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
-        let help = did_you_mean(field, expected.iter().copied())
-            .map(|s| format!("did you mean `{s}`?"))
-            .or_else(|| Some(format!("expected one of: {}", expected.join(", "))));
+        let help = help_for(field, expected.iter().copied());
         Self {
             loc: None,
             message: format!("unknown key `{field}`"),
@@ -179,9 +177,7 @@ impl de::Error for ParamError {
     }
 
     fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
-        let help = did_you_mean(variant, expected.iter().copied())
-            .map(|s| format!("did you mean `{s}`?"))
-            .or_else(|| Some(format!("expected one of: {}", expected.join(", "))));
+        let help = help_for(variant, expected.iter().copied());
         Self {
             loc: None,
             message: format!("unknown value `{variant}`"),

@@ -8,15 +8,14 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::diag::{Diagnostic, Diagnostics};
+use crate::binding::{split_binding_key, Input, ModelRef, ModelSource};
+use crate::diag::Diagnostics;
 use crate::fingerprint::{canonical_json, hash_bytes, ContentHasher};
-use crate::operator::{
-    binding_key, split_binding_key, Columns, ConfigureContext, NodeKernel, Operator, PortKind,
-    Registry,
-};
-use crate::run::{Input, ModelRef, ModelSource};
+use crate::operator::{Columns, NodeKernel, Operator, PortKind, Registry};
 use crate::spec::{NodeSpec, Pipeline};
 use crate::store::NodeDir;
+
+mod passes;
 
 /// An operator with its configured kernel.
 type Configured = (Arc<dyn Operator>, Arc<dyn NodeKernel>);
@@ -64,208 +63,18 @@ pub enum PlanError {
 }
 
 impl Plan {
-    /// Checks everything that can be checked without running; reports every problem.
+    /// Checks everything that can be checked without running, in named passes
+    /// (`plan/passes.rs`: operators and params, SQL table names, ports, order, columns),
+    /// and reports every problem, sorted by position.
     pub fn build(pipeline: Pipeline, registry: &Registry) -> Result<Plan, Diagnostics> {
         let mut diags = pipeline.problems.clone();
-        let ids: Vec<&str> = pipeline.nodes.iter().map(|n| n.id.as_str()).collect();
-        let model_names: Vec<&str> = pipeline.models.keys().map(String::as_str).collect();
-
-        // Resolve operators and configure params.
-        let mut configured: Vec<Option<Configured>> = Vec::new();
-        for spec in &pipeline.nodes {
-            let Some(op) = registry.get(&spec.op) else {
-                diags.push(
-                    Diagnostic::at(
-                        Some(spec.op_loc.clone()),
-                        format!("unknown operator `{}`", spec.op),
-                    )
-                    .suggest(&spec.op, registry.names())
-                    .or_else_list(registry.names()),
-                );
-                configured.push(None);
-                continue;
-            };
-            let ctx = ConfigureContext {
-                node_id: spec.id.clone(),
-                base_dir: pipeline.base_dir.clone(),
-                seed: pipeline.seed,
-            };
-            match op.configure(&spec.params, &ctx) {
-                Ok(kernel) => configured.push(Some((op.clone(), kernel))),
-                Err(d) => {
-                    diags.extend(d);
-                    configured.push(None);
-                }
-            }
-        }
-
-        // Bind ports.
-        let mut bindings: Vec<BTreeMap<String, Binding>> = Vec::new();
-        for (i, spec) in pipeline.nodes.iter().enumerate() {
-            let mut b = BTreeMap::new();
-            let op = configured[i]
-                .as_ref()
-                .map(|(op, _)| op.clone())
-                .or_else(|| registry.get(&spec.op).cloned());
-            for input in &spec.inputs {
-                let port = op
-                    .as_ref()
-                    .and_then(|op| op.ports().iter().find(|p| p.name == input.port).copied());
-                if let Some(op) = &op {
-                    if port.is_none() {
-                        let names: Vec<&str> = op.ports().iter().map(|p| p.name).collect();
-                        diags.push(
-                            Diagnostic::at(
-                                Some(input.port_loc.clone()),
-                                format!(
-                                    "operator `{}` has no input port `{}`",
-                                    op.name(),
-                                    input.port
-                                ),
-                            )
-                            .suggest(&input.port, names.iter().copied())
-                            .or_else_list(names.iter().copied()),
-                        );
-                        continue;
-                    }
-                }
-                let binding = if let Some(j) = ids.iter().position(|id| *id == input.target) {
-                    if j == i {
-                        diags.push(Diagnostic::at(
-                            Some(input.target_loc.clone()),
-                            format!("node `{}` takes its own output as input", spec.id),
-                        ));
-                        continue;
-                    }
-                    Binding::Node(j)
-                } else if pipeline.models.contains_key(&input.target) {
-                    Binding::Model(input.target.clone())
-                } else {
-                    diags.push(
-                        Diagnostic::at(
-                            Some(input.target_loc.clone()),
-                            format!("input `{}` of node `{}` names `{}`, which is neither a node nor a model", input.port, spec.id, input.target),
-                        )
-                        .suggest(&input.target, ids.iter().chain(model_names.iter()).copied()),
-                    );
-                    continue;
-                };
-                if let Some(port) = port {
-                    if input.index.is_some() && !port.many {
-                        diags.push(Diagnostic::at(
-                            Some(input.target_loc.clone()),
-                            format!(
-                                "port `{}` of `{}` takes one input, not a list",
-                                port.name, spec.op
-                            ),
-                        ));
-                        continue;
-                    }
-                    let kind_problem = match (&binding, port.kind) {
-                        (Binding::Model(m), PortKind::Table) => Some(format!(
-                            "port `{}` of `{}` takes a table, but `{m}` is a model",
-                            port.name, spec.op
-                        )),
-                        (Binding::Node(j), PortKind::Model) => match &configured[*j] {
-                            Some((_, k)) if !k.produces_model() => Some(format!(
-                                "port `{}` of `{}` takes a model, but node `{}` (op `{}`) produces a table",
-                                port.name, spec.op, ids[*j], pipeline.nodes[*j].op
-                            )),
-                            _ => None,
-                        },
-                        _ => None,
-                    };
-                    if let Some(msg) = kind_problem {
-                        diags.push(Diagnostic::at(Some(input.target_loc.clone()), msg));
-                        continue;
-                    }
-                }
-                b.insert(binding_key(&input.port, input.index), binding);
-            }
-            if let Some(op) = &op {
-                for port in op.ports().iter().filter(|p| p.required) {
-                    if !spec.inputs.iter().any(|inp| inp.port == port.name) {
-                        diags.push(
-                            Diagnostic::at(
-                                Some(spec.loc.clone()),
-                                format!(
-                                    "node `{}` (op `{}`) needs input `{}` ({})",
-                                    spec.id, spec.op, port.name, port.kind
-                                ),
-                            )
-                            .with_help(format!(
-                                "add `inputs: {{{}: <{}>}}`",
-                                port.name,
-                                match port.kind {
-                                    PortKind::Table => "node",
-                                    PortKind::Model => "model or train node",
-                                }
-                            )),
-                        );
-                    }
-                }
-            }
-            bindings.push(b);
-        }
-
-        // Cycles.
-        let order = match topo_order(&bindings) {
-            Ok(order) => order,
-            Err(cycle) => {
-                let chain: Vec<&str> = cycle.iter().map(|&i| ids[i]).collect();
-                let first = &pipeline.nodes[cycle[0]];
-                diags.push(Diagnostic::at(
-                    Some(first.loc.clone()),
-                    format!("cycle: {} -> {}", chain.join(" -> "), chain[0]),
-                ));
-                return Err(diags.sorted());
-            }
+        let configured = passes::configure_nodes(&pipeline, registry, &mut diags);
+        passes::check_table_names(&pipeline, &configured, &mut diags);
+        let bindings = passes::bind_ports(&pipeline, registry, &configured, &mut diags);
+        let Some(order) = passes::order_nodes(&pipeline, &bindings, &mut diags) else {
+            return Err(diags.sorted());
         };
-
-        // Columns, in dependency order.
-        let mut columns: Vec<Columns> =
-            vec![Columns::open(Vec::<String>::new()); pipeline.nodes.len()];
-        for &i in &order {
-            let Some((_, kernel)) = &configured[i] else {
-                continue;
-            };
-            let spec = &pipeline.nodes[i];
-            let mut inputs = BTreeMap::new();
-            for (port, binding) in &bindings[i] {
-                if let Binding::Node(j) = binding {
-                    inputs.insert(port.clone(), columns[*j].clone());
-                }
-            }
-            for (port, required) in kernel.required_columns() {
-                let (Some(Binding::Node(j)), Some(upstream)) =
-                    (bindings[i].get(port), inputs.get(port))
-                else {
-                    continue;
-                };
-                for col in required {
-                    if upstream.lacks(&col) {
-                        let loc = spec
-                            .inputs
-                            .iter()
-                            .find(|inp| inp.port == port)
-                            .map(|inp| inp.target_loc.clone());
-                        diags.push(
-                            Diagnostic::at(
-                                loc,
-                                format!(
-                                    "node `{}` needs column `{col}` on port `{port}`, but `{}` (op `{}`) does not produce it",
-                                    spec.id, ids[*j], pipeline.nodes[*j].op
-                                ),
-                            )
-                            .suggest(&col, upstream.names.iter().map(String::as_str))
-                            .or_else_list(upstream.names.iter().map(String::as_str)),
-                        );
-                    }
-                }
-            }
-            columns[i] = kernel.output_columns(&inputs);
-        }
-
+        let columns = passes::check_columns(&pipeline, &configured, &bindings, &order, &mut diags);
         diags.into_result().map_err(Diagnostics::sorted)?;
         let nodes = pipeline
             .nodes
@@ -438,22 +247,6 @@ impl Plan {
     }
 }
 
-trait OrElseList {
-    fn or_else_list<'a>(self, names: impl IntoIterator<Item = &'a str>) -> Self;
-}
-
-impl OrElseList for Diagnostic {
-    fn or_else_list<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Self {
-        if self.help.is_none() {
-            let names: Vec<&str> = names.into_iter().collect();
-            if !names.is_empty() {
-                self.help = Some(format!("expected one of: {}", names.join(", ")));
-            }
-        }
-        self
-    }
-}
-
 /// Kahn's order, file order among ready nodes; on a cycle, the nodes of one cycle in
 /// dependency order.
 fn topo_order(bindings: &[BTreeMap<String, Binding>]) -> Result<Vec<usize>, Vec<usize>> {
@@ -511,6 +304,7 @@ fn find_cycle(deps: &[Vec<usize>], done: &[bool]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::ConfigureContext;
 
     fn b(edges: &[(usize, usize)], n: usize) -> Vec<BTreeMap<String, Binding>> {
         let mut out = vec![BTreeMap::new(); n];

@@ -9,8 +9,10 @@ use std::time::Instant;
 
 use arrow::array::RecordBatch;
 
+use crate::binding::{split_binding_key, Input, ModelRef};
+use crate::error::OpError;
 use crate::progress::NodeProgress;
-use crate::store::{now_s, schema_records, ChunkRecord, Manifest, NodeDir, NodeState, StoreError};
+use crate::store::{now_s, schema_records, ChunkRecord, Manifest, NodeDir, NodeState};
 
 static CANCEL: AtomicBool = AtomicBool::new(false);
 
@@ -21,78 +23,6 @@ pub fn request_cancel() {
 
 pub fn cancel_requested() -> bool {
     CANCEL.load(Ordering::SeqCst)
-}
-
-/// Errors of a running node.
-#[derive(Debug, thiserror::Error)]
-pub enum OpError {
-    #[error("{0}")]
-    Message(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Arrow(#[from] arrow::error::ArrowError),
-    #[error("interrupted; committed work is kept and the next run resumes from it")]
-    Cancelled,
-    /// A broken invariant: a bug in `sspo`, not a problem with the user's input.
-    #[error("internal error (a bug in sspo, please report it): {0}")]
-    Internal(String),
-    #[error("{context}: {source}")]
-    Context {
-        context: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-}
-
-impl OpError {
-    pub fn msg(m: impl Into<String>) -> Self {
-        OpError::Message(m.into())
-    }
-
-    /// A broken invariant (a bug), as opposed to bad input.
-    pub fn internal(m: impl Into<String>) -> Self {
-        OpError::Internal(m.into())
-    }
-
-    /// Wraps any error with a sentence saying what was being done.
-    pub fn context(
-        context: impl Into<String>,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> Self {
-        OpError::Context {
-            context: context.into(),
-            source: source.into(),
-        }
-    }
-}
-
-/// Where a model comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModelSource {
-    /// A built-in configuration, by name (e.g. `tiny-synth`).
-    Builtin(String),
-    /// A local HF-format directory (a `models:` path, or a node's artifact).
-    Dir(PathBuf),
-}
-
-/// A model bound to a model port.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelRef {
-    /// The `models:` key or the producing node's id.
-    pub name: String,
-    pub source: ModelSource,
-    /// Extra keys of the `models:` entry (dtype, tokenizer, ...), as written.
-    pub options: serde_json::Map<String, serde_json::Value>,
-    /// Content identity (part of every downstream fingerprint).
-    pub identity: String,
-}
-
-/// A bound input port.
-#[derive(Debug, Clone)]
-pub enum Input {
-    Table { node: String, dir: NodeDir },
-    Model(ModelRef),
 }
 
 /// One chunk's output: the primary table and any extra tables.
@@ -113,17 +43,16 @@ impl From<RecordBatch> for ChunkOutput {
 
 /// The running node's view of the world.
 pub struct RunContext<'a> {
-    pub node_id: String,
-    pub op: String,
-    pub op_version: u32,
-    pub fingerprint: String,
-    pub seed: u64,
-    /// `auto | cpu | cuda | cuda:N` from the spec.
-    pub device: String,
-    pub run_dir: PathBuf,
-    pub dir: NodeDir,
-    pub inputs: BTreeMap<String, Input>,
-    pub progress: &'a NodeProgress,
+    node_id: String,
+    op: String,
+    op_version: u32,
+    fingerprint: String,
+    seed: u64,
+    device: String,
+    run_dir: PathBuf,
+    dir: NodeDir,
+    inputs: BTreeMap<String, Input>,
+    progress: &'a NodeProgress,
     manifest: Option<Manifest>,
     counters: BTreeMap<String, u64>,
     metrics: serde_json::Map<String, serde_json::Value>,
@@ -172,6 +101,56 @@ impl<'a> RunContext<'a> {
         }
     }
 
+    /// The node's id in the spec.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The operator's `op:` name.
+    pub fn op(&self) -> &str {
+        &self.op
+    }
+
+    pub fn op_version(&self) -> u32 {
+        self.op_version
+    }
+
+    /// The node's fingerprint in this run.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The pipeline's seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// `auto | cpu | cuda | cuda:N` from the spec.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// The run directory (every node's directory is inside it).
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// This node's directory in the store.
+    pub fn dir(&self) -> &NodeDir {
+        &self.dir
+    }
+
+    /// The bound inputs, by binding key (`port`, or `port.N` for a list port).
+    pub fn inputs(&self) -> &BTreeMap<String, Input> {
+        &self.inputs
+    }
+
+    /// The node's progress display. It lives as long as the context, not as one borrow
+    /// of it, so an operator can report progress while it also commits chunks.
+    pub fn progress(&self) -> &'a NodeProgress {
+        self.progress
+    }
+
     /// The committed state this run resumes from, if any.
     pub fn resumed_manifest(&self) -> Option<&Manifest> {
         self.manifest.as_ref()
@@ -198,7 +177,7 @@ impl<'a> RunContext<'a> {
     pub fn input_models(&self, port: &str) -> Result<Vec<&ModelRef>, OpError> {
         let mut found: Vec<(usize, &ModelRef)> = Vec::new();
         for (key, input) in &self.inputs {
-            let (base, index) = crate::operator::split_binding_key(key);
+            let (base, index) = split_binding_key(key);
             if base != port {
                 continue;
             }
@@ -245,10 +224,7 @@ impl<'a> RunContext<'a> {
             h.update(&(p.len() as u64).to_le_bytes());
             h.update(p);
         }
-        let bytes = h.finalize();
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&bytes.as_bytes()[..8]);
-        u64::from_le_bytes(first)
+        sspo_common::rng::blake3_u64(&h.finalize())
     }
 
     /// Logs a line through the run's progress display.

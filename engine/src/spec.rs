@@ -7,9 +7,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use sspo_common::cpu_isa;
+
+use crate::binding::ModelSource;
 use crate::diag::{Diagnostic, Diagnostics, Loc};
 use crate::params::Params;
-use crate::run::ModelSource;
 use crate::yaml::{self, Node, Value};
 
 pub const TOP_KEYS: &[&str] = &[
@@ -63,7 +65,7 @@ pub struct NodeSpec {
 pub struct CpuSpec {
     /// libtorch intra-op threads; `None`: libtorch's default (one per core).
     pub threads: Option<usize>,
-    /// One of [`CPU_ISAS`].
+    /// One of [`sspo_common::cpu_isa::NAMES`].
     pub isa: String,
 }
 
@@ -75,9 +77,6 @@ impl Default for CpuSpec {
         }
     }
 }
-
-/// Instruction sets `cpu.isa` accepts (the model runtime's names).
-pub const CPU_ISAS: &[&str] = &["native", "baseline", "avx2", "avx512"];
 
 const CPU_KEYS: &[&str] = &["threads", "isa"];
 
@@ -109,18 +108,16 @@ fn parse_cpu(n: &Node, diags: &mut Diagnostics) -> CpuSpec {
     if let Some(i) = n.get("isa") {
         if let Some(s) = expect_str(i, "`cpu.isa`", diags) {
             let s = s.to_ascii_lowercase();
-            if CPU_ISAS.contains(&s.as_str()) {
+            if cpu_isa::NAMES.contains(&s.as_str()) {
                 cpu.isa = s;
             } else {
-                let mut d = Diagnostic::at(
-                    Some(i.loc.clone()),
-                    format!("unknown CPU instruction set `{s}`"),
+                diags.push(
+                    Diagnostic::at(
+                        Some(i.loc.clone()),
+                        format!("unknown CPU instruction set `{s}`"),
+                    )
+                    .help_for(&s, cpu_isa::NAMES),
                 );
-                d = match crate::diag::did_you_mean(&s, CPU_ISAS.iter().copied()) {
-                    Some(m) => d.with_help(format!("did you mean `{m}`?")),
-                    None => d.with_help(format!("expected one of {}", CPU_ISAS.join(", "))),
-                };
-                diags.push(d);
             }
         }
     }
@@ -146,10 +143,6 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn node(&self, id: &str) -> Option<&NodeSpec> {
-        self.nodes.iter().find(|n| n.id == id)
-    }
-
     /// Reads `path`, applies `--set` overrides, checks the file's shape.
     pub fn load(path: &Path, sets: &[String]) -> Result<Pipeline, Diagnostics> {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -544,23 +537,9 @@ fn check_keys(entries: &[(Node, Node)], allowed: &[&str], what: &str, diags: &mu
                     Some(k.loc.clone()),
                     format!("unknown key `{key}` in {what}"),
                 )
-                .suggest(key, allowed.iter().copied())
-                .or_list(allowed),
+                .help_for(key, allowed.iter().copied()),
             );
         }
-    }
-}
-
-trait OrList {
-    fn or_list(self, allowed: &[&str]) -> Self;
-}
-
-impl OrList for Diagnostic {
-    fn or_list(mut self, allowed: &[&str]) -> Self {
-        if self.help.is_none() {
-            self.help = Some(format!("expected one of: {}", allowed.join(", ")));
-        }
-        self
     }
 }
 

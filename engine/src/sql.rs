@@ -25,16 +25,53 @@ pub enum SqlError {
     NotARun(PathBuf),
     #[error("cannot start the query runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("{first} and {second} are both the SQL table `{name}`; rename one of the nodes")]
+    TableClash {
+        name: String,
+        /// Which table of which node, as a phrase.
+        first: String,
+        second: String,
+    },
 }
 
 /// A table of a run.
 #[derive(Debug, Clone)]
 pub struct TableInfo {
+    /// The SQL name: the node's id, or `<node>_<table>` for an extra table.
     pub name: String,
     pub node: String,
+    /// The table's name in the node ("" for the primary table).
+    pub table: String,
     pub rows: u64,
     pub state: String,
     pub files: Vec<PathBuf>,
+}
+
+impl TableInfo {
+    /// "the table of node `n`" or "table `t` of node `n`".
+    fn describe(&self) -> String {
+        if self.table.is_empty() {
+            format!("the table of node `{}`", self.node)
+        } else {
+            format!("table `{}` of node `{}`", self.table, self.node)
+        }
+    }
+}
+
+/// Refuses two tables with one SQL name (the plan rejects such pipelines, but a run
+/// directory can hold nodes of several pipelines): registering both would silently
+/// replace one by the other.
+fn check_unique_names(infos: &[TableInfo]) -> Result<(), SqlError> {
+    for (k, info) in infos.iter().enumerate() {
+        if let Some(first) = infos[..k].iter().find(|t| t.name == info.name) {
+            return Err(SqlError::TableClash {
+                name: info.name.clone(),
+                first: first.describe(),
+                second: info.describe(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Every table of the run, from the manifests (never from a directory listing, so
@@ -69,6 +106,7 @@ fn tables_of(dir: &Path, m: &Manifest) -> Vec<TableInfo> {
                 format!("{}_{t}", m.node)
             },
             node: m.node.clone(),
+            table: t.clone(),
             rows: m.rows.get(&t).copied().unwrap_or(0),
             state: format!("{:?}", m.state).to_lowercase(),
             files: m.files_of(&t).iter().map(|f| dir.join(&f.file)).collect(),
@@ -79,6 +117,7 @@ fn tables_of(dir: &Path, m: &Manifest) -> Vec<TableInfo> {
 /// A DataFusion context with every table of the run registered.
 pub async fn context(run_dir: &Path) -> Result<SessionContext, SqlError> {
     let infos = tables(run_dir)?;
+    check_unique_names(&infos)?;
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
     for info in infos {
         if info.files.is_empty() {

@@ -2,9 +2,10 @@
 //!
 //! `<run_dir>/<node>/part-NNNNN.parquet` (primary table) and
 //! `<run_dir>/<node>/<table>/part-NNNNN.parquet` (extra tables), each written to a
-//! hidden temp name and renamed into place; `manifest.json` is rewritten atomically after
-//! every chunk and is the only source of truth: a part file it does not list does not
-//! exist for readers, and is deleted on the next run.
+//! hidden temp name, fsynced and renamed into place (then the directory fsynced: see
+//! [`write_atomic`]); `manifest.json` is rewritten the same way after every chunk and is
+//! the only source of truth: a part file it does not list does not exist for readers, and
+//! is deleted on the next run.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -150,20 +151,58 @@ pub fn now_s() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Writes `bytes` to `path` atomically: temp file in the same directory, fsync, rename.
+/// Writes `bytes` to `path` atomically and durably: a hidden temp file in the same
+/// directory is written and fsynced, renamed over `path`, and the directory is fsynced
+/// so that the rename itself survives a crash. Readers see the old content or the new,
+/// never a part of it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    replace_atomically(path, |tmp| {
+        let mut f = File::create(tmp).map_err(io_err(tmp))?;
+        f.write_all(bytes).map_err(io_err(tmp))?;
+        f.sync_all().map_err(io_err(tmp))
+    })
+}
+
+/// Fsyncs a directory, making the renames and new entries in it durable. A file system
+/// that cannot sync directories (it answers "invalid argument") is taken as it is.
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        let f = File::open(dir).map_err(io_err(dir))?;
+        match f.sync_all() {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
+            Err(e) => Err(io_err(dir)(e)),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        // Elsewhere a directory cannot be opened as a file; the rename is as durable as
+        // the platform makes it.
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// The protocol behind [`write_atomic`], for writers that produce the file themselves:
+/// `write` fills (and fsyncs) the temp path `.<name>.tmp` next to `path`, which is then
+/// renamed over `path`, and the directory fsynced.
+fn replace_atomically(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp"));
-    {
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-    }
-    fs::rename(&tmp, path).map_err(io_err(path))
+    write(&tmp)?;
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    sync_dir(dir)
 }
 
 /// The directory of one node.
@@ -269,10 +308,7 @@ impl NodeDir {
         };
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let name = format!("part-{index:05}.parquet");
-        let final_path = dir.join(&name);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        write_parquet(&tmp, batch)?;
-        fs::rename(&tmp, &final_path).map_err(io_err(&final_path))?;
+        replace_atomically(&dir.join(&name), |tmp| write_parquet(tmp, batch))?;
         let file = if table.is_empty() {
             name
         } else {
@@ -438,6 +474,22 @@ mod tests {
         let table = node.read_table(&back, "").unwrap();
         assert_eq!(table.num_rows(), 3);
         assert!(!node.path.join("part-00001.parquet").exists());
+    }
+
+    #[test]
+    fn atomic_writes_replace_the_file_and_leave_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.json");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["f.json"]);
+        sync_dir(dir.path()).unwrap();
+        assert!(sync_dir(&dir.path().join("absent")).is_err());
     }
 
     #[test]

@@ -31,8 +31,23 @@ pub enum CpuIsa {
 }
 
 impl CpuIsa {
-    /// Every accepted name, in the order the docs list them.
-    pub const NAMES: [&'static str; 4] = ["native", "baseline", "avx2", "avx512"];
+    /// Every accepted name, in the order the docs list them (the spec checks `cpu.isa`
+    /// against the same list).
+    pub const NAMES: [&'static str; 4] = sspo_common::cpu_isa::NAMES;
+
+    /// The variants in the order of [`Self::NAMES`] (and of their declaration, which
+    /// [`Self::name`] relies on).
+    const ALL: [CpuIsa; 4] = [
+        CpuIsa::Native,
+        CpuIsa::Baseline,
+        CpuIsa::Avx2,
+        CpuIsa::Avx512,
+    ];
+
+    /// The name this instruction set is written with in a spec.
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
 
     /// `(variable, value)` pairs that pin ATen, MKL and oneDNN to this instruction set;
     /// empty for [`CpuIsa::Native`]. MKL's `STRICT` conditional-numerical-reproducibility
@@ -80,28 +95,24 @@ impl CpuIsa {
 
 impl fmt::Display for CpuIsa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            CpuIsa::Native => "native",
-            CpuIsa::Baseline => "baseline",
-            CpuIsa::Avx2 => "avx2",
-            CpuIsa::Avx512 => "avx512",
-        })
+        f.write_str(self.name())
     }
 }
 
 impl FromStr for CpuIsa {
     type Err = ModelError;
     fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "native" => Ok(CpuIsa::Native),
-            "baseline" => Ok(CpuIsa::Baseline),
-            "avx2" => Ok(CpuIsa::Avx2),
-            "avx512" => Ok(CpuIsa::Avx512),
-            _ => Err(ModelError::Cpu(format!(
-                "unknown instruction set {s:?} (expected one of {})",
-                CpuIsa::NAMES.join(", ")
-            ))),
-        }
+        let name = s.trim().to_ascii_lowercase();
+        Self::NAMES
+            .iter()
+            .position(|n| *n == name)
+            .map(|i| Self::ALL[i])
+            .ok_or_else(|| {
+                ModelError::Cpu(format!(
+                    "unknown instruction set {s:?} (expected one of {})",
+                    Self::NAMES.join(", ")
+                ))
+            })
     }
 }
 
@@ -150,6 +161,9 @@ mod tests {
         for name in CpuIsa::NAMES {
             let isa: CpuIsa = name.parse().unwrap();
             assert_eq!(isa.to_string(), name);
+        }
+        for isa in CpuIsa::ALL {
+            assert_eq!(isa.name().parse::<CpuIsa>().unwrap(), isa);
         }
         assert_eq!("AVX2".parse::<CpuIsa>().unwrap(), CpuIsa::Avx2);
         let err = "sse9".parse::<CpuIsa>().unwrap_err().to_string();

@@ -299,10 +299,6 @@ impl NodeKernel for EvaluateKernel {
         Columns::exact(EVALUATE_COLUMNS)
     }
 
-    fn chunk_rows(&self) -> usize {
-        self.params.chunk_rows
-    }
-
     fn run(&self, ctx: &mut RunContext) -> Result<(), OpError> {
         let p = &self.params;
         let table = ctx.input_table("prompts")?;
@@ -315,7 +311,7 @@ impl NodeKernel for EvaluateKernel {
         let layout = Layout::new(table.num_rows(), p.chunk_rows, models.len());
         let gen_params = p.generation();
         let splitter = Splitter::new(Boundary::Delimiter(p.delimiter.clone()), 0, None);
-        let device = ctx.device.clone();
+        let device = ctx.device().to_string();
         let mut loaded: Option<(usize, Model)> = None;
         let mut stats = Throughput::new();
         ctx.run_chunks(layout.input_rows(), p.chunk_rows, |ctx, range| {
@@ -396,7 +392,7 @@ impl NodeKernel for EvaluateKernel {
         report::write_report(
             ctx.node_dir(),
             &report::ReportInput {
-                node: &ctx.node_id,
+                node: ctx.node_id(),
                 summary: &summary,
                 per_model: &per_model,
                 base,

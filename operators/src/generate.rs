@@ -225,15 +225,11 @@ impl NodeKernel for GenerateKernel {
         Columns::exact(GENERATE_COLUMNS)
     }
 
-    fn chunk_rows(&self) -> usize {
-        self.params.chunk_rows
-    }
-
     fn run(&self, ctx: &mut RunContext) -> Result<(), OpError> {
         let table = ctx.input_table("prompts")?;
         let input = PromptColumns::new(&table)?;
         let model_ref = ctx.input_model("model")?.clone();
-        let device = ctx.device.clone();
+        let device = ctx.device().to_string();
         let mut model: Option<Model> = None;
         let mut stats = Throughput::new();
         ctx.run_chunks(table.num_rows(), self.params.chunk_rows, |ctx, range| {
@@ -531,7 +527,7 @@ pub(crate) fn generate_rows<'a>(
             eos_token_ids: model.eos_token_ids(),
         },
     );
-    let progress = ctx.progress;
+    let progress = ctx.progress();
     let mut outputs: Vec<Option<GenerationOutput>> = vec![None; requests.len()];
     gen.generate_with(&requests, |i, out| {
         stats.rollouts += 1;

@@ -350,10 +350,6 @@ impl NodeKernel for PairKernel {
         Columns::exact(PAIR_COLUMNS)
     }
 
-    fn chunk_rows(&self) -> usize {
-        self.params.chunk_rows
-    }
-
     fn run(&self, ctx: &mut RunContext) -> Result<(), OpError> {
         let rollouts = ctx.input_table("rollouts")?;
         let steps = ctx.input_table("steps")?;

@@ -718,10 +718,6 @@ impl NodeKernel for ProbeKernel {
         Columns::exact(names)
     }
 
-    fn chunk_rows(&self) -> usize {
-        self.params.chunk_rows
-    }
-
     fn run(&self, ctx: &mut RunContext) -> Result<(), OpError> {
         let steps = ctx.input_table("steps")?;
         let rollouts = ctx.input_table("rollouts")?;
@@ -730,7 +726,7 @@ impl NodeKernel for ProbeKernel {
         let input = RolloutColumns::new(&rollouts, key)?;
         let orphans = steps_by_key.orphans(&input);
         let model_ref = ctx.input_model("model")?.clone();
-        let device = ctx.device.clone();
+        let device = ctx.device().to_string();
         let mut loaded: Option<(Model, ProbeSetup)> = None;
         let mut stats = (Instant::now(), 0u64, 0u64);
         ctx.run_chunks(rollouts.num_rows(), self.params.chunk_rows, |ctx, range| {
@@ -770,7 +766,7 @@ impl NodeKernel for ProbeKernel {
             stats.1 += out.traces;
             stats.2 += out.batch.num_rows() as u64;
             let secs = stats.0.elapsed().as_secs_f64().max(1e-9);
-            ctx.progress.set_extra(&format!(
+            ctx.progress().set_extra(&format!(
                 "{:.1} traces/s, {:.1} probes/s",
                 stats.1 as f64 / secs,
                 stats.2 as f64 / secs

@@ -437,10 +437,6 @@ impl NodeKernel for SegmentKernel {
         Columns::exact(names)
     }
 
-    fn chunk_rows(&self) -> usize {
-        self.params.chunk_rows
-    }
-
     fn run(&self, ctx: &mut RunContext) -> Result<(), OpError> {
         let table = ctx.input_table("traces")?;
         let has_rollout = table.column_by_name("rollout_id").is_some();

@@ -280,10 +280,6 @@ impl NodeKernel for SourceKernel {
         Columns::open(CORE_COLUMNS)
     }
 
-    fn chunk_rows(&self) -> usize {
-        self.params.chunk_rows
-    }
-
     fn run(&self, ctx: &mut RunContext) -> Result<(), OpError> {
         let table = self.load()?;
         let prepared = Prepared::new(&table, &self.params, self.split_seed)?;

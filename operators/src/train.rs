@@ -446,10 +446,6 @@ impl NodeKernel for TrainKernel {
         true
     }
 
-    fn chunk_rows(&self) -> usize {
-        self.params.checkpoint_every as usize
-    }
-
     fn run(&self, ctx: &mut RunContext) -> Result<(), OpError> {
         Trainer::run(&self.params, ctx)
     }
@@ -1121,7 +1117,7 @@ impl<'p> Trainer<'p> {
             model_ref.options.insert("dtype".into(), json!(dt));
         }
         ctx.log(&format!("loading model `{}`", model_ref.name));
-        let model = load_model(&model_ref, &ctx.device)?;
+        let model = load_model(&model_ref, ctx.device())?;
         let mut skipped = Skipped::default();
         let examples = build_examples(p, &model, &table, &mut skipped)?;
         skipped.report(ctx);
@@ -1170,7 +1166,7 @@ impl<'p> Trainer<'p> {
         let p = self.p;
         let every = p.checkpoint_every;
         let scratch = ctx.scratch_dir()?;
-        let fp = ctx.fingerprint.clone();
+        let fp = ctx.fingerprint().to_string();
         let ref_name = ref_file_name(&fp);
 
         // Where the committed metrics stand.
@@ -1179,7 +1175,7 @@ impl<'p> Trainer<'p> {
                 if m.input_rows != self.total || m.chunk_rows != every {
                     return Err(OpError::msg(format!(
                         "the interrupted run planned {} steps in chunks of {}, this one {} in chunks of {every}; re-run with --force {}",
-                        m.input_rows, m.chunk_rows, self.total, ctx.node_id
+                        m.input_rows, m.chunk_rows, self.total, ctx.node_id()
                     )));
                 }
                 m.chunks.iter().map(|c| c.input_end).max().unwrap_or(0)
@@ -1192,7 +1188,7 @@ impl<'p> Trainer<'p> {
             return Err(OpError::msg(format!(
                 "{committed} steps are committed but their checkpoint in {} is missing; re-run with --force {}",
                 scratch.display(),
-                ctx.node_id
+                ctx.node_id()
             )));
         }
         if resume.is_none() {
@@ -1249,7 +1245,7 @@ impl<'p> Trainer<'p> {
                 if first != committed {
                     return Err(OpError::msg(format!(
                         "checkpoint at step {} does not follow the {committed} committed steps; re-run with --force {}",
-                        st.step, ctx.node_id
+                        st.step, ctx.node_id()
                     )));
                 }
                 self.commit(ctx, committed, st.step, &st.pending)?;
@@ -1257,8 +1253,8 @@ impl<'p> Trainer<'p> {
             ctx.log(&format!("resuming from the checkpoint at step {}", st.step));
         }
 
-        ctx.progress.set_total(self.total);
-        ctx.progress.set_done(start);
+        ctx.progress().set_total(self.total);
+        ctx.progress().set_done(start);
         let mut pending: Vec<MetricRow> = Vec::new();
         let mut interval_start = start;
         for step in start..self.total {
@@ -1292,8 +1288,8 @@ impl<'p> Trainer<'p> {
                 }),
                 tokens_per_s: out.tokens as f64 / secs,
             };
-            ctx.progress.inc(1);
-            ctx.progress.set_extra(&format!("loss {:.4}", row.loss));
+            ctx.progress().inc(1);
+            ctx.progress().set_extra(&format!("loss {:.4}", row.loss));
             if (step + 1) % p.log_every == 0 || step + 1 == self.total {
                 let pref = match (row.margin, row.pref_acc) {
                     (Some(m), Some(a)) => format!(", margin {m:.4}, pref_acc {a:.2}"),
