@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanBuilder, Int32Builder, RecordBatch, StringArray, StringBuilder,
+    ArrayRef, BooleanBuilder, Int32Builder, RecordBatch, StringArray, StringBuilder,
     UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema};
@@ -665,6 +665,7 @@ impl OutputBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::Array;
     use crate::model_port::load_model;
     use sspo_engine::ModelSource;
 
