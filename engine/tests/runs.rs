@@ -336,8 +336,7 @@ fn sql_refuses_a_run_dir_whose_tables_clash() {
     .expect("plan");
     sspo_engine::run(&b, &options(dir.path())).expect("run");
     let err = sspo_engine::sql::query(dir.path(), "SELECT * FROM t_summary")
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert_eq!(
         err,
