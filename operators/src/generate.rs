@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Int32Builder, RecordBatch, StringArray, StringBuilder,
-    UInt64Builder,
+    ArrayRef, BooleanBuilder, Int32Builder, RecordBatch, StringArray, StringBuilder, UInt64Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use serde::{Deserialize, Serialize};
@@ -665,8 +664,8 @@ impl OutputBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::Array;
     use crate::model_port::load_model;
+    use arrow::array::Array;
     use sspo_engine::ModelSource;
 
     fn tiny() -> Model {
