@@ -142,6 +142,18 @@ mod tests {
     }
 
     #[test]
+    fn unit_equals_the_multiply_form_bit_for_bit() {
+        // The sampler once computed `(x >> 11) * 2^-53`; dividing by 2^53 is the same
+        // exact operation, so draws did not change when it moved here.
+        let mut g = SplitMix64::new(3);
+        for _ in 0..100_000 {
+            let x = g.next_u64();
+            let old = (x >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+            assert_eq!(unit_f64(x).to_bits(), old.to_bits());
+        }
+    }
+
+    #[test]
     fn part_hashes_are_length_prefixed() {
         assert_ne!(hash_parts(&[b"ab", b"c"]), hash_parts(&[b"a", b"bc"]));
         assert_eq!(hash_parts(&[b"ab", b"c"]), hash_parts(&[b"ab", b"c"]));

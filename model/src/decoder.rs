@@ -128,7 +128,7 @@ impl Decoder {
                 (Init::Random(seed), Fill::Normal) => {
                     let mut rng = Rng::for_stream(seed, &p.path(name));
                     let n: i64 = dims.iter().product();
-                    let v: Vec<f32> = (0..n).map(|_| (rng.next_normal() * 0.02) as f32).collect();
+                    let v: Vec<f32> = (0..n).map(|_| (rng.normal() * 0.02) as f32).collect();
                     Tensor::from_slice(&v)
                         .f_view(dims)?
                         .f_to_kind(kind)?

@@ -1,47 +1,9 @@
 //! Token selection from a row of logits: greedy, temperature, top-k, top-p, driven by a small
 //! per-request PRNG so a request's output does not depend on what it was batched with.
 
-/// SplitMix64: tiny, fast, and good enough for sampling; seeded per request.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Standard normal (Box-Muller).
-    pub fn next_normal(&mut self) -> f64 {
-        let u1 = 1.0 - self.next_f64(); // (0, 1]: ln is finite
-        let u2 = self.next_f64();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-
-    /// A generator for a named stream derived from `seed` (FNV-1a of the name), so that each
-    /// parameter's values depend only on the seed and its name.
-    pub fn for_stream(seed: u64, name: &str) -> Self {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in name.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        let mut r = Rng(seed ^ h);
-        r.next_u64();
-        r
-    }
-}
+/// The per-request generator: SplitMix64, seeded per request (one definition for the
+/// whole project, in `sspo_common::rng`).
+pub use sspo_common::rng::SplitMix64 as Rng;
 
 /// Index of the first maximum (like `torch.argmax`).
 pub fn argmax(logits: &[f32]) -> usize {
@@ -94,7 +56,7 @@ pub fn sample(logits: &[f32], temperature: f64, top_k: usize, top_p: f64, rng: &
         }
     }
     let mass: f64 = probs[..keep].iter().sum();
-    let u = rng.next_f64() * mass;
+    let u = rng.unit() * mass;
     let mut cum = 0.0;
     for (c, p) in cand.iter().zip(&probs[..keep]) {
         cum += p;

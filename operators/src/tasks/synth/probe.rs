@@ -1,8 +1,8 @@
 //! Teaching the verbal probe: SFT examples that ask, after `k` steps of a trace, whether the
 //! answer is already settled, with the target the trace's structure implies.
 
-use super::rng::SplitMix64;
 use super::{SynthProblem, STEP_SEPARATOR};
+use sspo_common::rng::SplitMix64;
 
 /// The probe question appended after a trace prefix (a new paragraph). A `probe` node of
 /// `kind: verbal` on a model taught with [`probe_examples`] must use exactly this suffix.
