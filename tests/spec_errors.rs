@@ -199,3 +199,19 @@ fn yaml_syntax_errors_are_located() {
     assert!(err.starts_with("bad.yaml:"), "{err}");
     assert!(err.contains("invalid YAML"), "{err}");
 }
+
+#[test]
+fn a_node_named_like_an_evaluate_summary_table_is_refused() {
+    let spec = "\
+models:
+  base: {builtin: tiny-synth}
+nodes:
+  p: {op: source, params: {path: data.jsonl}}
+  eval: {op: evaluate, inputs: {prompts: p, models: [base]}}
+  eval_summary: {op: segment, inputs: {traces: p}, params: {column: prompt}}
+";
+    let (code, err) = validate(spec, &[]);
+    assert_eq!(code, 2, "{err}");
+    let e = expect_error(&err, 6, 3, "would both be the SQL table `eval_summary`");
+    assert!(e.contains("help: rename node `eval_summary`"), "{e}");
+}

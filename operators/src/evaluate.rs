@@ -295,6 +295,10 @@ impl NodeKernel for EvaluateKernel {
         vec![("prompts", cols)]
     }
 
+    fn extra_tables(&self) -> Vec<&'static str> {
+        vec!["summary"]
+    }
+
     fn output_columns(&self, _inputs: &BTreeMap<String, Columns>) -> Columns {
         Columns::exact(EVALUATE_COLUMNS)
     }

@@ -346,6 +346,10 @@ impl NodeKernel for PairKernel {
         ]
     }
 
+    fn extra_tables(&self) -> Vec<&'static str> {
+        vec!["advantages"]
+    }
+
     fn output_columns(&self, _inputs: &BTreeMap<String, Columns>) -> Columns {
         Columns::exact(PAIR_COLUMNS)
     }
