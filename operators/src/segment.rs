@@ -708,4 +708,30 @@ mod tests {
         assert_eq!(prev as usize, chars.len());
         assert!(s.tokens.is_none());
     }
+
+    /// The fingerprint JSON of segment's params, as recorded before the params were
+    /// reshaped: fingerprints decide caching, so it must not change.
+    #[test]
+    fn fingerprint_json_is_unchanged() {
+        let ctx = ConfigureContext {
+            node_id: "s".into(),
+            base_dir: ".".into(),
+            seed: 1,
+        };
+        let fingerprint = |spec: serde_json::Value| {
+            let k = Segment
+                .configure(&Params::from_json(&spec), &ctx)
+                .ok()
+                .unwrap();
+            serde_json::to_string(&k.params_json()).unwrap()
+        };
+        assert_eq!(
+            fingerprint(json!({})),
+            r#"{"chunk_rows":4096,"column":"response","delimiter":"\n\n","max_steps":null,"min_chars":0,"regex":null,"tokenizer":false}"#
+        );
+        assert_eq!(
+            fingerprint(json!({"regex": "\\.\\s+", "min_chars": 3, "max_steps": 5})),
+            r#"{"chunk_rows":4096,"column":"response","delimiter":null,"max_steps":5,"min_chars":3,"regex":"\\.\\s+","tokenizer":false}"#
+        );
+    }
 }

@@ -744,6 +744,13 @@ mod tests {
     }
 
     #[test]
+    fn ids_and_split_scores_are_unchanged() {
+        // Recorded from the first implementation: ids and splits of shipped runs.
+        assert_eq!(content_id("What is 2+2?", "4"), "4733f83e3e9a3b29");
+        assert_eq!(split_score(7, "synth-000042").to_bits(), 0x3fcc9d82d745a514);
+    }
+
+    #[test]
     fn default_columns() {
         let names: Vec<String> = ["qid", "question", "solution", "answer"]
             .map(String::from)
@@ -757,5 +764,48 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(resolve_names(&m, &names).id.as_deref(), Some("qid"));
+    }
+
+    /// The fingerprint JSON of source's params, as recorded before the params were
+    /// reshaped: fingerprints decide caching, so it must not change.
+    #[test]
+    fn fingerprint_json_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("d.jsonl"),
+            "{\"prompt\": \"p\", \"answer\": \"1\"}\n",
+        )
+        .unwrap();
+        let ctx = ConfigureContext {
+            node_id: "s".into(),
+            base_dir: dir.path().to_path_buf(),
+            seed: 1,
+        };
+        let fingerprint = |spec: serde_json::Value| {
+            let k = Source
+                .configure(&Params::from_json(&spec), &ctx)
+                .ok()
+                .unwrap();
+            serde_json::to_string(&k.params_json()).unwrap()
+        };
+        assert_eq!(
+            fingerprint(json!({"path": "d.jsonl"})),
+            r#"{"answer_format":"auto","chunk_rows":10000,"columns":{"answer":null,"id":null,"prompt":null},"formats":["jsonl"],"limit":null,"split":null,"synth":null}"#
+        );
+        assert_eq!(
+            fingerprint(json!({
+                "path": "d.jsonl", "split": {"test_fraction": 0.1},
+                "columns": {"id": "qid"}, "limit": 4
+            })),
+            r#"{"answer_format":"auto","chunk_rows":10000,"columns":{"answer":null,"id":"qid","prompt":null},"formats":["jsonl"],"limit":4,"split":{"seed":1,"test_fraction":0.1},"synth":null}"#
+        );
+        assert_eq!(
+            fingerprint(json!({"synth": {}})),
+            r#"{"answer_format":"auto","chunk_rows":10000,"columns":{"answer":null,"id":null,"prompt":null},"formats":[],"limit":null,"split":null,"synth":{"config":{"addend":[2,30],"factor":[2,4],"fix_rate":0.5,"group_count":[2,5],"group_size":[2,12],"max_ops":4,"max_rechecks":4,"max_value":999,"min_ops":2,"n":2000,"ops":["add","sub","mul","div","groups"],"probe_per_problem":4,"probe_sft":false,"recheck_error_rate":0.15,"seed":0,"start":[5,50],"task":"arithmetic"},"generator":1,"rows":"problems","tokenizer":1}}"#
+        );
+        assert_eq!(
+            fingerprint(json!({"synth": {"n": 7, "probe_sft": true}, "synth_rows": "sft"})),
+            r#"{"answer_format":"auto","chunk_rows":10000,"columns":{"answer":null,"id":null,"prompt":null},"formats":[],"limit":null,"split":null,"synth":{"config":{"addend":[2,30],"factor":[2,4],"fix_rate":0.5,"group_count":[2,5],"group_size":[2,12],"max_ops":4,"max_rechecks":4,"max_value":999,"min_ops":2,"n":7,"ops":["add","sub","mul","div","groups"],"probe_per_problem":4,"probe_sft":true,"recheck_error_rate":0.15,"seed":0,"start":[5,50],"task":"arithmetic"},"generator":1,"rows":"sft","tokenizer":1}}"#
+        );
     }
 }

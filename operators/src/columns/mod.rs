@@ -26,7 +26,6 @@ pub fn cell(a: &StringArray, i: usize) -> Option<&str> {
     a.is_valid(i).then(|| a.value(i))
 }
 
-
 /// The key column a per-trace output keeps: `rollout_id` when the input has it (rows of
 /// `generate`), else `id` (a user's own traces).
 pub fn key_column(has_rollout_id: bool) -> &'static str {

@@ -224,6 +224,15 @@ mod tests {
     }
 
     #[test]
+    fn random_cuts_are_unchanged() {
+        // Recorded from the first implementation: the shipped ablation depends on them.
+        let cuts: Vec<usize> = (0..16u64)
+            .map(|s| random_cut(12, s.wrapping_mul(0x1234_5678_9ABC_DEF1)).unwrap())
+            .collect();
+        assert_eq!(cuts, [9, 9, 8, 5, 9, 9, 6, 2, 8, 3, 5, 3, 4, 5, 1, 10]);
+    }
+
+    #[test]
     fn concluding_step_replaces_the_final_answer() {
         let f = AnswerFormat::Auto;
         assert_eq!(
