@@ -1,45 +1,36 @@
 //! Token selection from a row of logits: greedy, temperature, top-k, top-p, driven by a small
 //! per-request PRNG so a request's output does not depend on what it was batched with.
 
-/// SplitMix64: tiny, fast, and good enough for sampling; seeded per request.
+use sspo_common::rng::SplitMix64;
+
+/// The per-request generator: the shared SplitMix64 (`sspo_common::rng`), under the names
+/// the decoder's initialisation and the generation loop use.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    /// Standard normal (Box-Muller).
-    pub fn next_normal(&mut self) -> f64 {
-        let u1 = 1.0 - self.next_f64(); // (0, 1]: ln is finite
-        let u2 = self.next_f64();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        Rng(SplitMix64::new(seed))
     }
 
     /// A generator for a named stream derived from `seed` (FNV-1a of the name), so that each
     /// parameter's values depend only on the seed and its name.
     pub fn for_stream(seed: u64, name: &str) -> Self {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in name.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        let mut r = Rng(seed ^ h);
-        r.next_u64();
-        r
+        Rng(SplitMix64::for_stream(seed, name))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        self.0.unit()
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn next_normal(&mut self) -> f64 {
+        self.0.normal()
     }
 }
 
@@ -108,6 +99,49 @@ pub fn sample(logits: &[f32], temperature: f64, top_k: usize, top_p: f64, rng: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streams_are_unchanged() {
+        // Recorded from the first implementation (its own SplitMix64, FNV-1a and
+        // Box-Muller): initial weights and sampled tokens of shipped runs depend on them.
+        let mut r = Rng::for_stream(7, "model.layers.0.self_attn.q_proj.weight");
+        let ints: Vec<u64> = (0..3).map(|_| r.next_u64()).collect();
+        let units: Vec<u64> = (0..3).map(|_| r.next_f64().to_bits()).collect();
+        let normals: Vec<u64> = (0..3).map(|_| r.next_normal().to_bits()).collect();
+        assert_eq!(
+            ints,
+            [0x715d19c8cb666900, 0xe5e6689c2a056b04, 0x1c5e36f988312fbf]
+        );
+        assert_eq!(
+            units,
+            [0x3fd21c322c1521a8, 0x3fa2ee3f20e8c4f0, 0x3fe481cbaceec182]
+        );
+        assert_eq!(
+            normals,
+            [0x3fe6cd776956c6c5, 0xbff614c5f35445aa, 0x3ff2d61ec7ba04a1]
+        );
+        let mut r = Rng::new(42);
+        let units: Vec<u64> = (0..3).map(|_| r.next_f64().to_bits()).collect();
+        assert_eq!(
+            units,
+            [0x3fe7bae644c5fd6d, 0x3fc477f199d93378, 0x3fd1d499d5c4c3e6]
+        );
+    }
+
+    #[test]
+    fn unit_matches_the_first_formula() {
+        // The first implementation multiplied by 2^-53 where the shared one divides by
+        // 2^53: both are exact for a 53-bit integer, so every value agrees.
+        let mut g = SplitMix64::new(1);
+        for x in
+            (0..100_000)
+                .map(|_| g.next_u64())
+                .chain([0, 1, 2047, 2048, u64::MAX - 2047, u64::MAX])
+        {
+            let first = (x >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+            assert_eq!(first.to_bits(), sspo_common::rng::unit_f64(x).to_bits());
+        }
+    }
 
     #[test]
     fn greedy_picks_first_max() {

@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 
 mod arith;
 mod probe;
-mod rng;
 mod tokenizer;
 
 pub use probe::{probe_examples, settled_at, ProbeExample, PROBE_NO, PROBE_QUESTION, PROBE_YES};
@@ -25,7 +24,7 @@ pub use tokenizer::{
     BOS_TOKEN, CHAT_TEMPLATE, EOS_TOKEN, IM_START, TOKENIZER_VERSION, UNK_TOKEN,
 };
 
-use rng::SplitMix64;
+use sspo_common::rng::SplitMix64;
 
 /// Version of the generator (templates, sampling order). Bumped on any change that alters the
 /// problems a given config produces; a `source` node should fold it into its own version.
