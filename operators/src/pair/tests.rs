@@ -1,5 +1,8 @@
 //! Chunk-level tests of `pair` on hand-built tables (no engine).
 
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
+
+use super::build::ChunkResult;
 use super::fixtures::{
     broken_recheck, f64s, ints, list_f32, list_i32, list_strs, overthinker, strs, tables, Rollout,
 };
