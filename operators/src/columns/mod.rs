@@ -156,3 +156,61 @@ pub fn key_column(has_rollout_id: bool) -> &'static str {
         "id"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ListArray, StringArray};
+    use arrow::datatypes::{Field, Int32Type, Int64Type, Schema};
+
+    use super::*;
+
+    fn table() -> RecordBatch {
+        let text: ArrayRef = Arc::new(StringArray::from(vec![Some("1"), None]));
+        let spans: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Int32Type, _, _>(vec![
+            Some(vec![Some(1)]),
+            None,
+        ]));
+        let schema = Schema::new(vec![
+            Field::new("step", DataType::Utf8, true),
+            Field::new("spans", spans.data_type().clone(), true),
+        ]);
+        RecordBatch::try_new(Arc::new(schema), vec![text, spans]).unwrap()
+    }
+
+    #[test]
+    fn port_table_errors_name_table_and_column() {
+        let batch = table();
+        let t = PortTable::new("steps", &batch);
+        let err = t.need("text", PortTable::utf8).err().unwrap().to_string();
+        assert_eq!(err, "the `steps` table has no column `text`");
+        let err = t.numbers::<Int64Type>("spans").err().unwrap().to_string();
+        assert!(
+            err.starts_with("column `spans` of the `steps` table is List("),
+            "{err}"
+        );
+        assert!(err.contains(", not Int64: "), "{err}");
+        assert!(t.numbers::<Int64Type>("missing").unwrap().is_none());
+        let steps = t.need("step", PortTable::numbers::<Int64Type>).unwrap();
+        assert_eq!((value(&steps, 0), value(&steps, 1)), (Some(1), None));
+    }
+
+    #[test]
+    fn getters_and_to_i32() {
+        let batch = table();
+        let text = PortTable::new("steps", &batch)
+            .need("step", PortTable::utf8)
+            .unwrap();
+        assert_eq!((cell(&text, 0), cell(&text, 1)), (Some("1"), None));
+        assert_eq!(to_i32(7usize, "offset").unwrap(), 7);
+        let err = to_i32(1i64 << 40, "a token count")
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            err,
+            "a token count 1099511627776 does not fit in a 32-bit column"
+        );
+    }
+}

@@ -325,7 +325,7 @@ fn try_generate(cfg: &SynthConfig, rng: &mut SplitMix64) -> Option<Generated> {
 
     // The story and its equations.
     let start = rng.range(cfg.start[0], cfg.start[1]);
-    let mut sentences = vec![f.fill(*rng.pick(START), &[("n", start.to_string())])];
+    let mut sentences = vec![f.fill(rng.pick::<&str>(START), &[("n", start.to_string())])];
     let mut equations: Vec<Equation> = Vec::new();
     let mut values: Vec<u32> = Vec::new();
     let mut current = Operand::Const(start);
@@ -348,7 +348,7 @@ fn try_generate(cfg: &SynthConfig, rng: &mut SplitMix64) -> Option<Generated> {
                     b: Operand::Const(b),
                 };
                 (
-                    f.fill(*rng.pick(ADD), &[("n", b.to_string())]),
+                    f.fill(rng.pick::<&str>(ADD), &[("n", b.to_string())]),
                     vec![(e, y)],
                 )
             }
@@ -364,7 +364,7 @@ fn try_generate(cfg: &SynthConfig, rng: &mut SplitMix64) -> Option<Generated> {
                     b: Operand::Const(b),
                 };
                 (
-                    f.fill(*rng.pick(SUB), &[("n", b.to_string())]),
+                    f.fill(rng.pick::<&str>(SUB), &[("n", b.to_string())]),
                     vec![(e, x - b)],
                 )
             }
@@ -397,7 +397,7 @@ fn try_generate(cfg: &SynthConfig, rng: &mut SplitMix64) -> Option<Generated> {
                     b: Operand::Const(k),
                 };
                 (
-                    f.fill(*rng.pick(DIV), &[("k", k.to_string())]),
+                    f.fill(rng.pick::<&str>(DIV), &[("k", k.to_string())]),
                     vec![(e, x / k)],
                 )
             }
@@ -421,7 +421,7 @@ fn try_generate(cfg: &SynthConfig, rng: &mut SplitMix64) -> Option<Generated> {
                     b: Operand::Eq(i),
                 };
                 let s = f.fill(
-                    *rng.pick(GROUPS),
+                    rng.pick::<&str>(GROUPS),
                     &[("k", k.to_string()), ("m", m.to_string())],
                 );
                 (s, vec![(e1, p), (e2, y)])
@@ -435,7 +435,7 @@ fn try_generate(cfg: &SynthConfig, rng: &mut SplitMix64) -> Option<Generated> {
         }
         current = Operand::Eq(equations.len() - 1);
     }
-    sentences.push(f.fill(*rng.pick(QUESTION), &[]));
+    sentences.push(f.fill(rng.pick::<&str>(QUESTION), &[]));
     let prompt = sentences.join(" ");
     let plan = Plan {
         equations,
@@ -544,7 +544,10 @@ fn correct_recheck(plan: &Plan, values: &[u32], f: &Filler, rng: &mut SplitMix64
                 .collect();
             format!("{}{}.", rng.pick(REDO_LEAD), chain.join(CHAIN_JOIN))
         }
-        _ => f.fill(*rng.pick(RESTATE), &[("v", values[last].to_string())]),
+        _ => f.fill(
+            rng.pick::<&str>(RESTATE),
+            &[("v", values[last].to_string())],
+        ),
     }
 }
 
