@@ -105,15 +105,20 @@ pub fn blake3_u64(hash: &blake3::Hash) -> u64 {
     u64::from_le_bytes(first)
 }
 
-/// A 64-bit hash of `parts`, each length-prefixed so that no two different part lists
-/// collide by concatenation.
-pub fn hash_parts(parts: &[&[u8]]) -> u64 {
+/// blake3 over `parts`, each length-prefixed so that no two different part lists collide
+/// by concatenation.
+pub fn blake3_parts(parts: &[&[u8]]) -> blake3::Hash {
     let mut h = blake3::Hasher::new();
     for p in parts {
         h.update(&(p.len() as u64).to_le_bytes());
         h.update(p);
     }
-    blake3_u64(&h.finalize())
+    h.finalize()
+}
+
+/// A 64-bit hash of `parts` ([`blake3_parts`]).
+pub fn hash_parts(parts: &[&[u8]]) -> u64 {
+    blake3_u64(&blake3_parts(parts))
 }
 
 #[cfg(test)]

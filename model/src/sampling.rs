@@ -72,6 +72,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn streams_are_unchanged() {
+        // Recorded from the first implementation (its own SplitMix64, FNV-1a and
+        // Box-Muller): initial weights and sampled tokens of shipped runs depend on them.
+        let mut r = Rng::for_stream(7, "model.layers.0.self_attn.q_proj.weight");
+        let ints: Vec<u64> = (0..3).map(|_| r.next_u64()).collect();
+        let units: Vec<u64> = (0..3).map(|_| r.unit().to_bits()).collect();
+        let normals: Vec<u64> = (0..3).map(|_| r.normal().to_bits()).collect();
+        assert_eq!(
+            ints,
+            [0x715d19c8cb666900, 0xe5e6689c2a056b04, 0x1c5e36f988312fbf]
+        );
+        assert_eq!(
+            units,
+            [0x3fd21c322c1521a8, 0x3fa2ee3f20e8c4f0, 0x3fe481cbaceec182]
+        );
+        assert_eq!(
+            normals,
+            [0x3fe6cd776956c6c5, 0xbff614c5f35445aa, 0x3ff2d61ec7ba04a1]
+        );
+        let mut r = Rng::new(42);
+        let units: Vec<u64> = (0..3).map(|_| r.unit().to_bits()).collect();
+        assert_eq!(
+            units,
+            [0x3fe7bae644c5fd6d, 0x3fc477f199d93378, 0x3fd1d499d5c4c3e6]
+        );
+    }
+
+    #[test]
+    fn unit_matches_the_first_formula() {
+        // The first implementation multiplied by 2^-53 where the shared one divides by
+        // 2^53: both are exact for a 53-bit integer, so every value agrees.
+        let mut g = Rng::new(1);
+        for x in
+            (0..100_000)
+                .map(|_| g.next_u64())
+                .chain([0, 1, 2047, 2048, u64::MAX - 2047, u64::MAX])
+        {
+            let first = (x >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+            assert_eq!(first.to_bits(), sspo_common::rng::unit_f64(x).to_bits());
+        }
+    }
+
+    #[test]
     fn greedy_picks_first_max() {
         assert_eq!(argmax(&[1.0, 3.0, 3.0, 0.0]), 1);
         let mut rng = Rng::new(1);

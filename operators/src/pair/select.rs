@@ -3,6 +3,8 @@
 //! no engine; only values, early-exit answers, the answer verifier's extraction and
 //! lengths (nothing specific to a task).
 
+use sspo_common::rng::SplitMix64;
+
 use crate::tasks::AnswerFormat;
 
 /// `k*`: the first boundary `k` in `1..K` (a step boundary that leaves at least one step
@@ -29,17 +31,9 @@ pub fn random_cut(k_total: usize, seed: u64) -> Option<usize> {
     if k_total < 3 {
         return None;
     }
-    let n = (k_total - 2) as u128;
-    // Lemire's multiply-shift on a SplitMix64-mixed seed: uniform up to 2^-64 bias.
-    let x = splitmix64(seed) as u128;
-    Some(((x * n) >> 64) as usize + 1)
-}
-
-fn splitmix64(seed: u64) -> u64 {
-    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    // The first draw of a SplitMix64 seeded with `seed`, by Lemire's multiply-shift:
+    // uniform up to 2^-64 bias.
+    Some(SplitMix64::new(seed).below((k_total - 2) as u64) as usize + 1)
 }
 
 /// Why a rollout's last step cannot be turned into a concluding step.
@@ -221,6 +215,15 @@ mod tests {
             assert!((100..=200).contains(&count), "boundary {k}: {count}");
         }
         assert_eq!((seen[0], seen[5]), (0, 0));
+    }
+
+    #[test]
+    fn random_cuts_are_unchanged() {
+        // Recorded from the first implementation: the shipped ablation depends on them.
+        let cuts: Vec<usize> = (0..16u64)
+            .map(|s| random_cut(12, s.wrapping_mul(0x1234_5678_9ABC_DEF1)).unwrap())
+            .collect();
+        assert_eq!(cuts, [9, 9, 8, 5, 9, 9, 6, 2, 8, 3, 5, 3, 4, 5, 1, 10]);
     }
 
     #[test]

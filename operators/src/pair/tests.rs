@@ -1,5 +1,8 @@
 //! Chunk-level tests of `pair` on hand-built tables (no engine).
 
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
+
+use super::build::ChunkResult;
 use super::fixtures::{
     broken_recheck, f64s, ints, list_f32, list_i32, list_strs, overthinker, strs, tables, Rollout,
 };
@@ -426,5 +429,31 @@ fn params_are_checked() {
     assert_eq!(
         dflt.params_json()["kinds"],
         json!(["compression", "outcome"])
+    );
+}
+
+/// The fingerprint JSON of the default params, as recorded before the params moved to
+/// `Params::fingerprint_json`: fingerprints decide caching, so it must not change.
+#[test]
+fn default_fingerprint_json_is_unchanged() {
+    let ctx = ConfigureContext {
+        node_id: "p".into(),
+        base_dir: ".".into(),
+        seed: 1,
+    };
+    let fingerprint = |spec: serde_json::Value| {
+        let k = Pair
+            .configure(&Params::from_json(&spec), &ctx)
+            .ok()
+            .unwrap();
+        serde_json::to_string(&k.params_json()).unwrap()
+    };
+    assert_eq!(
+        fingerprint(json!({})),
+        r#"{"answer_format":"auto","chunk_rows":256,"cut":"vvp","eps":1e-6,"gamma":1.0,"kinds":["compression","outcome"],"lambda":0.95,"length_cost":0.01,"min_saving":8,"outcome_pairs":1,"settle":1,"tau":0.5}"#
+    );
+    assert_eq!(
+        fingerprint(json!({"kinds": ["outcome", "compression"], "cut": "random", "settle": 2})),
+        r#"{"answer_format":"auto","chunk_rows":256,"cut":"random","eps":1e-6,"gamma":1.0,"kinds":["compression","outcome"],"lambda":0.95,"length_cost":0.01,"min_saving":8,"outcome_pairs":1,"settle":2,"tau":0.5}"#
     );
 }

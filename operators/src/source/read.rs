@@ -1,4 +1,4 @@
-//! Reading a data file (JSONL, JSON, Parquet, CSV) into one Arrow record batch.
+//! Reading data files (JSONL, JSON, Parquet, CSV) into one Arrow record batch.
 //!
 //! JSON values keep their type when a column is consistent across rows (all strings,
 //! all integers, all numbers, all booleans); a column that mixes types or holds nested
@@ -66,7 +66,7 @@ pub fn read_file(
                     continue;
                 }
                 let row: Ordered<Value> = serde_json::from_str(line)
-                    .map_err(|e| OpError::msg(format!("{shown}:{}: invalid JSON: {e}", i + 1)))?;
+                    .map_err(|e| OpError::context(format!("{shown}:{}: invalid JSON", i + 1), e))?;
                 rows.push(row.0);
             }
             rows_to_batch(rows)
@@ -74,12 +74,13 @@ pub fn read_file(
         FileFormat::Json => {
             let text = read_text(path)?;
             let doc: JsonDoc = serde_json::from_str(&text).map_err(|e| {
-                let hint = if e.is_data() {
-                    "expected an array of objects, or an object holding one (e.g. {\"data\": [...]})".to_string()
+                if e.is_data() {
+                    OpError::msg(format!(
+                        "{shown}: expected an array of objects, or an object holding one (e.g. {{\"data\": [...]}})"
+                    ))
                 } else {
-                    format!("invalid JSON: {e}")
-                };
-                OpError::msg(format!("{shown}: {hint}"))
+                    OpError::context(format!("{shown}: invalid JSON"), e)
+                }
             })?;
             let rows = match doc {
                 JsonDoc::Rows(rows) => rows,
@@ -306,6 +307,50 @@ pub fn rows_to_batch(rows: Vec<Vec<(String, Value)>>) -> Result<RecordBatch, OpE
         columns,
         &arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
     )?)
+}
+
+/// Concatenates batches whose schemas may differ: columns in first-seen order, missing
+/// ones null, conflicting types cast to text.
+pub fn unite(batches: Vec<RecordBatch>) -> Result<RecordBatch, OpError> {
+    let mut fields: Vec<(String, DataType)> = Vec::new();
+    for b in &batches {
+        for f in b.schema().fields() {
+            match fields.iter_mut().find(|(n, _)| n == f.name()) {
+                None => fields.push((f.name().clone(), f.data_type().clone())),
+                Some((_, ty)) if ty != f.data_type() => *ty = DataType::Utf8,
+                Some(_) => {}
+            }
+        }
+    }
+    let schema = Arc::new(Schema::new(
+        fields
+            .iter()
+            .map(|(n, t)| Field::new(n, t.clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let mut out = Vec::with_capacity(batches.len());
+    for b in &batches {
+        let mut cols = Vec::with_capacity(fields.len());
+        for (name, ty) in &fields {
+            let col = match b.column_by_name(name) {
+                Some(c) if c.data_type() == ty => c.clone(),
+                Some(c) => arrow::compute::cast(c, ty).map_err(|e| {
+                    OpError::context(
+                        format!("column `{name}` has different types in different files"),
+                        e,
+                    )
+                })?,
+                None => arrow::array::new_null_array(ty, b.num_rows()),
+            };
+            cols.push(col);
+        }
+        out.push(RecordBatch::try_new_with_options(
+            schema.clone(),
+            cols,
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+        )?);
+    }
+    Ok(arrow::compute::concat_batches(&schema, &out)?)
 }
 
 #[cfg(test)]

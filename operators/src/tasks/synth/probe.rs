@@ -1,8 +1,9 @@
 //! Teaching the verbal probe: SFT examples that ask, after `k` steps of a trace, whether the
 //! answer is already settled, with the target the trace's structure implies.
 
+use sspo_common::rng::{blake3_u64, SplitMix64};
+
 use super::{SynthProblem, STEP_SEPARATOR};
-use sspo_common::rng::SplitMix64;
 
 /// The probe question appended after a trace prefix (a new paragraph). A `probe` node of
 /// `kind: verbal` on a model taught with [`probe_examples`] must use exactly this suffix.
@@ -46,8 +47,7 @@ pub fn probe_examples(problem: &SynthProblem, max_examples: usize, seed: u64) ->
     let n_boundaries = problem.steps.len() + 1;
     let mut chosen: Vec<usize> = (0..n_boundaries).collect();
     if max_examples > 0 && max_examples < n_boundaries {
-        let h = blake3::hash(problem.id.as_bytes());
-        let idx = u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"));
+        let idx = blake3_u64(&blake3::hash(problem.id.as_bytes()));
         let mut rng = SplitMix64::derive(seed, 0x50_52_4F_42, idx);
         rng.shuffle(&mut chosen);
         chosen.truncate(max_examples);

@@ -5,19 +5,22 @@
 //! follows it), so the steps of a text concatenate back to the text exactly. Fragments
 //! shorter than `min_chars` merge into the previous step (leading ones into the next);
 //! steps beyond `max_steps` merge into the last. Character offsets count Unicode scalar
-//! values (Python `str` indices); token spans index the tokens of the whole response,
-//! tokenised once: a step owns the tokens whose first character lies inside it.
+//! values (Python `str` indices); token spans index the tokens of the steps as the shared
+//! rule tokenises them (`step_tokens::trace_tokens`, step by step), so they are the
+//! tokens `probe` and `train` see.
+//!
+//! `split` holds the splitting rules; this module turns a table of texts into the
+//! steps table.
+
+mod split;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, Int32Builder, RecordBatch, StringBuilder, UInt32Array,
-};
+use arrow::array::{Array, ArrayRef, Int32Builder, RecordBatch, StringBuilder, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
-use memchr::memmem;
 use rayon::prelude::*;
 use regex::Regex;
 use serde::Deserialize;
@@ -27,7 +30,9 @@ use sspo_engine::{
 };
 use sspo_model::TextTokenizer;
 
-use crate::columns::key_column;
+pub use split::{Boundary, Splitter};
+
+use crate::columns::{key_column, to_i32, TextColumn};
 use crate::model_port::load_tokenizer;
 use crate::step_tokens::trace_tokens;
 
@@ -47,168 +52,59 @@ pub const STEP_COLUMNS: [&str; 7] = [
 
 /// Params of `segment`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SegmentParams {
     /// The text column of the `traces` table (default `response`).
-    #[serde(default = "default_column")]
     pub column: String,
     /// The literal step delimiter (default a blank line, `"\n\n"`).
-    #[serde(default)]
     pub delimiter: Option<String>,
     /// A regular expression instead of `delimiter`: a step ends where a match ends, or,
     /// when the regex has a capture group, where group 1 starts.
-    #[serde(default)]
     pub regex: Option<String>,
     /// Fragments with fewer characters (whitespace around them not counted) merge into
     /// the previous step; leading ones into the next. Default 0 (only blank fragments).
-    #[serde(default)]
     pub min_chars: usize,
     /// At most this many steps per text; the tail merges into the last step.
-    #[serde(default)]
     pub max_steps: Option<usize>,
     /// A Hugging Face `tokenizer.json` for token spans (relative to the pipeline file);
     /// without it the token columns are null.
-    #[serde(default)]
     pub tokenizer: Option<String>,
     /// Input rows per committed chunk.
-    #[serde(default = "default_chunk_rows")]
     pub chunk_rows: usize,
 }
 
-fn default_column() -> String {
-    "response".into()
+impl Default for SegmentParams {
+    fn default() -> Self {
+        SegmentParams {
+            column: "response".into(),
+            delimiter: None,
+            regex: None,
+            min_chars: 0,
+            max_steps: None,
+            tokenizer: None,
+            chunk_rows: 4096,
+        }
+    }
 }
 
-fn default_chunk_rows() -> usize {
-    4096
-}
-
-/// Where steps end.
-#[derive(Debug, Clone)]
-pub enum Boundary {
-    /// A literal delimiter; following whitespace joins the step it ends.
-    Delimiter(String),
-    /// A regex: the end of a match, or the start of its group 1.
-    Regex(Regex),
-}
-
-/// The splitting rules, usable without the engine (benchmarks, other operators).
-#[derive(Debug, Clone)]
-pub struct Splitter {
-    boundary: Boundary,
-    finder: Option<memmem::Finder<'static>>,
-    group: bool,
-    min_chars: usize,
-    max_steps: Option<usize>,
-}
-
-impl Splitter {
-    /// `delimiter` must not be empty; `max_steps` must be at least 1.
-    pub fn new(boundary: Boundary, min_chars: usize, max_steps: Option<usize>) -> Self {
-        let (finder, group) = match &boundary {
-            Boundary::Delimiter(d) => (Some(memmem::Finder::new(d.as_bytes()).into_owned()), false),
-            Boundary::Regex(re) => (None, re.captures_len() > 1),
+impl SegmentParams {
+    /// The fingerprinted form: the delimiter as applied (the default written out, none
+    /// with a regex) and whether a tokenizer is given (its file enters the fingerprint as
+    /// an external file, so the path itself does not).
+    fn fingerprint_json(&self) -> serde_json::Value {
+        let (delimiter, regex) = match (&self.delimiter, &self.regex) {
+            (_, Some(r)) => (None, Some(r.clone())),
+            (d, None) => (Some(d.clone().unwrap_or_else(|| "\n\n".into())), None),
         };
-        Self {
-            boundary,
-            finder,
-            group,
-            min_chars,
-            max_steps,
-        }
-    }
-
-    /// The default: blank lines, no merging, no cap.
-    pub fn blank_lines() -> Self {
-        Self::new(Boundary::Delimiter("\n\n".into()), 0, None)
-    }
-
-    /// Byte ranges of the steps of `text` into `out` (cleared first). They cover the
-    /// text exactly; an empty or all-whitespace text has none.
-    pub fn split_into(&self, text: &str, out: &mut Vec<Range<usize>>) {
-        out.clear();
-        if text.trim().is_empty() {
-            return;
-        }
-        let mut pending: Option<usize> = None;
-        let mut push = |frag: Range<usize>, out: &mut Vec<Range<usize>>| {
-            if let Some(start) = pending {
-                let acc = start..frag.end;
-                if !self.is_short(&text[acc.clone()]) {
-                    out.push(acc);
-                    pending = None;
-                }
-            } else if !self.is_short(&text[frag.clone()]) {
-                out.push(frag);
-            } else if let Some(last) = out.last_mut() {
-                last.end = frag.end;
-            } else {
-                pending = Some(frag.start);
-            }
-        };
-        let bytes = text.as_bytes();
-        let mut pos = 0usize;
-        match (&self.boundary, &self.finder) {
-            (Boundary::Delimiter(d), Some(finder)) => {
-                while let Some(i) = finder.find(&bytes[pos..]) {
-                    let mut end = pos + i + d.len();
-                    end += text[end..].len() - text[end..].trim_start().len();
-                    push(pos..end, out);
-                    pos = end;
-                    if pos >= bytes.len() {
-                        break;
-                    }
-                }
-            }
-            (Boundary::Regex(re), _) => {
-                for caps in re.captures_iter(text) {
-                    let end = if self.group {
-                        caps.get(1).map(|g| g.start())
-                    } else {
-                        caps.get(0).filter(|m| !m.is_empty()).map(|m| m.end())
-                    };
-                    if let Some(end) = end {
-                        if end > pos && end < bytes.len() {
-                            push(pos..end, out);
-                            pos = end;
-                        }
-                    }
-                }
-            }
-            (Boundary::Delimiter(_), None) => {}
-        }
-        if pos < bytes.len() {
-            push(pos..bytes.len(), out);
-        }
-        if let Some(start) = pending {
-            // Everything was short: one step.
-            out.push(start..bytes.len());
-        }
-        if let Some(max) = self.max_steps {
-            if out.len() > max.max(1) {
-                let end = bytes.len();
-                out.truncate(max.max(1));
-                if let Some(last) = out.last_mut() {
-                    last.end = end;
-                }
-            }
-        }
-    }
-
-    /// Byte ranges of the steps of `text`.
-    pub fn split(&self, text: &str) -> Vec<Range<usize>> {
-        let mut out = Vec::new();
-        self.split_into(text, &mut out);
-        out
-    }
-
-    /// Blank, or (with `min_chars`) fewer non-surrounding-whitespace characters.
-    fn is_short(&self, frag: &str) -> bool {
-        let t = frag.trim();
-        if self.min_chars <= 1 {
-            return t.is_empty();
-        }
-        t.chars().take(self.min_chars).count() < self.min_chars
+        json!({
+            "column": self.column,
+            "delimiter": delimiter,
+            "regex": regex,
+            "min_chars": self.min_chars,
+            "max_steps": self.max_steps,
+            "tokenizer": self.tokenizer.is_some(),
+            "chunk_rows": self.chunk_rows,
+        })
     }
 }
 
@@ -228,7 +124,7 @@ pub fn segment_text(
     splitter: &Splitter,
     tokenizer: Option<&TextTokenizer>,
     text: &str,
-) -> Result<TextSteps, String> {
+) -> Result<TextSteps, OpError> {
     let bytes = splitter.split(text);
     let mut chars = Vec::with_capacity(bytes.len());
     let ascii = text.is_ascii();
@@ -239,7 +135,7 @@ pub fn segment_text(
         } else {
             text[r.clone()].chars().count()
         };
-        chars.push((to_i32(c)?, to_i32(c + n)?));
+        chars.push((to_i32(c, "offset")?, to_i32(c + n, "offset")?));
         c += n;
     }
     let tokens = match tokenizer {
@@ -247,12 +143,12 @@ pub fn segment_text(
             // The shared rule (step by step), so spans index the tokens `probe` and
             // `train` see for the same steps.
             let steps: Vec<&str> = bytes.iter().map(|r| &text[r.clone()]).collect();
-            let tt = trace_tokens(tok, "", &steps).map_err(|e| format!("tokenizer: {e}"))?;
+            let tt = trace_tokens(tok, "", &steps).map_err(|e| OpError::context("tokenizer", e))?;
             Some(
                 tt.step_spans
                     .iter()
-                    .map(|&(a, b)| Ok((to_i32(a)?, to_i32(b)?)))
-                    .collect::<Result<Vec<_>, String>>()?,
+                    .map(|&(a, b)| Ok((to_i32(a, "offset")?, to_i32(b, "offset")?)))
+                    .collect::<Result<Vec<_>, OpError>>()?,
             )
         }
         None => None,
@@ -264,33 +160,20 @@ pub fn segment_text(
     })
 }
 
-fn to_i32(n: usize) -> Result<i32, String> {
-    i32::try_from(n).map_err(|_| format!("offset {n} does not fit in a 32-bit column"))
-}
-
-/// Texts of a string column, whichever string type it has.
-enum TextColumn<'a> {
-    Utf8(&'a arrow::array::StringArray),
-    Large(&'a arrow::array::LargeStringArray),
-    View(&'a arrow::array::StringViewArray),
-}
-
-impl<'a> TextColumn<'a> {
-    fn new(col: &'a ArrayRef) -> Option<Self> {
-        Some(match col.data_type() {
-            DataType::Utf8 => TextColumn::Utf8(col.as_string::<i32>()),
-            DataType::LargeUtf8 => TextColumn::Large(col.as_string::<i64>()),
-            DataType::Utf8View => TextColumn::View(col.as_string_view()),
-            _ => return None,
+/// The steps of rows `range` of `texts` (in parallel), `None` for an empty text.
+fn segment_rows(
+    splitter: &Splitter,
+    tokenizer: Option<&TextTokenizer>,
+    texts: &TextColumn,
+    range: Range<usize>,
+) -> Result<Vec<Option<TextSteps>>, OpError> {
+    range
+        .into_par_iter()
+        .map(|i| match texts.get(i) {
+            Some(t) if !t.trim().is_empty() => segment_text(splitter, tokenizer, t).map(Some),
+            _ => Ok(None),
         })
-    }
-    fn get(&self, i: usize) -> Option<&'a str> {
-        match self {
-            TextColumn::Utf8(a) => a.is_valid(i).then(|| a.value(i)),
-            TextColumn::Large(a) => a.is_valid(i).then(|| a.value(i)),
-            TextColumn::View(a) => a.is_valid(i).then(|| a.value(i)),
-        }
-    }
+        .collect()
 }
 
 impl Operator for Segment {
@@ -383,11 +266,18 @@ impl Operator for Segment {
             }
         }
         diags.into_result()?;
+        // Every way to no boundary pushed a diagnostic above.
         let Some(boundary) = boundary else {
-            return Err(Diagnostics::new());
+            return Err(params
+                .error(
+                    &[],
+                    "internal error: no step boundary although the params passed",
+                )
+                .into());
         };
         Ok(Arc::new(SegmentKernel {
             splitter: Splitter::new(boundary, p.min_chars, p.max_steps),
+            fingerprint: p.fingerprint_json(),
             params: p,
             tokenizer,
             tokenizer_path,
@@ -397,6 +287,7 @@ impl Operator for Segment {
 
 struct SegmentKernel {
     params: SegmentParams,
+    fingerprint: serde_json::Value,
     splitter: Splitter,
     tokenizer: Option<Arc<TextTokenizer>>,
     tokenizer_path: Option<PathBuf>,
@@ -404,20 +295,7 @@ struct SegmentKernel {
 
 impl NodeKernel for SegmentKernel {
     fn params_json(&self) -> serde_json::Value {
-        let p = &self.params;
-        let (delimiter, regex) = match (&p.delimiter, &p.regex) {
-            (_, Some(r)) => (None, Some(r.clone())),
-            (d, None) => (Some(d.clone().unwrap_or_else(|| "\n\n".into())), None),
-        };
-        json!({
-            "column": p.column,
-            "delimiter": delimiter,
-            "regex": regex,
-            "min_chars": p.min_chars,
-            "max_steps": p.max_steps,
-            "tokenizer": p.tokenizer.is_some(),
-            "chunk_rows": p.chunk_rows,
-        })
+        self.fingerprint.clone()
     }
 
     fn external_files(&self) -> Vec<PathBuf> {
@@ -497,15 +375,7 @@ impl SegmentKernel {
         key_name: &str,
         range: Range<usize>,
     ) -> Result<(RecordBatch, u64), OpError> {
-        let per_row: Vec<Option<TextSteps>> = range
-            .clone()
-            .into_par_iter()
-            .map(|i| match texts.get(i) {
-                Some(t) if !t.trim().is_empty() => segment_text(&self.splitter, tok, t).map(Some),
-                _ => Ok(None),
-            })
-            .collect::<Result<_, String>>()
-            .map_err(OpError::msg)?;
+        let per_row = segment_rows(&self.splitter, tok, texts, range.clone())?;
         let empty = per_row.iter().filter(|r| r.is_none()).count() as u64;
         let batch = build_batch(texts, key, key_name, range, &per_row, tok.is_some())?;
         Ok((batch, empty))
@@ -600,93 +470,13 @@ pub fn segment_column(
 ) -> Result<RecordBatch, OpError> {
     let texts = TextColumn::new(texts).ok_or_else(|| OpError::msg("not a text column"))?;
     let range = 0..key.len();
-    let per_row: Vec<Option<TextSteps>> = range
-        .clone()
-        .into_par_iter()
-        .map(|i| match texts.get(i) {
-            Some(t) if !t.trim().is_empty() => segment_text(splitter, tokenizer, t).map(Some),
-            _ => Ok(None),
-        })
-        .collect::<Result<_, String>>()
-        .map_err(OpError::msg)?;
+    let per_row = segment_rows(splitter, tokenizer, &texts, range.clone())?;
     build_batch(&texts, key, key_name, range, &per_row, tokenizer.is_some())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn texts(s: &Splitter, t: &str) -> Vec<String> {
-        s.split(t).into_iter().map(|r| t[r].to_string()).collect()
-    }
-
-    #[test]
-    fn blank_lines_end_steps_and_cover_the_text() {
-        let t = "First, 3+4=7.\n\nThen 7*2=14.\n\n\n  So the answer is 14.";
-        let steps = texts(&Splitter::blank_lines(), t);
-        assert_eq!(
-            steps,
-            [
-                "First, 3+4=7.\n\n",
-                "Then 7*2=14.\n\n\n  ",
-                "So the answer is 14."
-            ]
-        );
-        assert_eq!(steps.concat(), t);
-    }
-
-    #[test]
-    fn leading_and_trailing_blanks_merge() {
-        let t = "\n\nA\n\nB\n\n";
-        let steps = texts(&Splitter::blank_lines(), t);
-        assert_eq!(steps, ["\n\nA\n\n", "B\n\n"]);
-        assert_eq!(texts(&Splitter::blank_lines(), "single"), ["single"]);
-        assert!(Splitter::blank_lines().split("").is_empty());
-        assert!(Splitter::blank_lines().split(" \n\n ").is_empty());
-    }
-
-    #[test]
-    fn min_chars_merges_short_fragments() {
-        let s = Splitter::new(Boundary::Delimiter("\n\n".into()), 5, None);
-        let t = "Ok\n\nA longer step.\n\nyes\n\nAnother long one.\n\nno";
-        assert_eq!(
-            texts(&s, t),
-            ["Ok\n\nA longer step.\n\nyes\n\n", "Another long one.\n\nno"]
-        );
-        // All short: one step.
-        assert_eq!(texts(&s, "a\n\nb"), ["a\n\nb"]);
-        // Leading short fragments accumulate until long enough.
-        assert_eq!(
-            texts(&s, "ab\n\ncd\n\nef\n\nlonger text"),
-            ["ab\n\ncd\n\nef\n\n", "longer text"]
-        );
-    }
-
-    #[test]
-    fn max_steps_merges_the_tail() {
-        let s = Splitter::new(Boundary::Delimiter("\n\n".into()), 0, Some(2));
-        assert_eq!(texts(&s, "a\n\nb\n\nc\n\nd"), ["a\n\n", "b\n\nc\n\nd"]);
-        let s1 = Splitter::new(Boundary::Delimiter("\n\n".into()), 0, Some(1));
-        assert_eq!(texts(&s1, "a\n\nb"), ["a\n\nb"]);
-    }
-
-    #[test]
-    fn regex_ends_and_groups() {
-        let s = Splitter::new(Boundary::Regex(Regex::new(r"\.\s+").unwrap()), 0, None);
-        assert_eq!(
-            texts(&s, "One. Two.  Three."),
-            ["One. ", "Two.  ", "Three."]
-        );
-        let g = Splitter::new(
-            Boundary::Regex(Regex::new(r"\n(Step \d+)").unwrap()),
-            0,
-            None,
-        );
-        assert_eq!(
-            texts(&g, "Step 1: a\nStep 2: b\nStep 3: c"),
-            ["Step 1: a\n", "Step 2: b\n", "Step 3: c"]
-        );
-    }
 
     #[test]
     fn char_offsets_count_scalar_values() {
@@ -703,5 +493,31 @@ mod tests {
         }
         assert_eq!(prev as usize, chars.len());
         assert!(s.tokens.is_none());
+    }
+
+    /// The fingerprint JSON of segment's params, as recorded before the params were
+    /// reshaped: fingerprints decide caching, so it must not change.
+    #[test]
+    fn fingerprint_json_is_unchanged() {
+        let ctx = ConfigureContext {
+            node_id: "s".into(),
+            base_dir: ".".into(),
+            seed: 1,
+        };
+        let fingerprint = |spec: serde_json::Value| {
+            let k = Segment
+                .configure(&Params::from_json(&spec), &ctx)
+                .ok()
+                .unwrap();
+            serde_json::to_string(&k.params_json()).unwrap()
+        };
+        assert_eq!(
+            fingerprint(json!({})),
+            r#"{"chunk_rows":4096,"column":"response","delimiter":"\n\n","max_steps":null,"min_chars":0,"regex":null,"tokenizer":false}"#
+        );
+        assert_eq!(
+            fingerprint(json!({"regex": "\\.\\s+", "min_chars": 3, "max_steps": 5})),
+            r#"{"chunk_rows":4096,"column":"response","delimiter":null,"max_steps":5,"min_chars":3,"regex":"\\.\\s+","tokenizer":false}"#
+        );
     }
 }
