@@ -3,6 +3,7 @@
 //! and SQL over every node's table. It knows nothing of models or torch: operators are
 //! plugged in through [`operator::Registry`].
 
+pub mod checkpoint;
 pub mod diag;
 pub mod executor;
 pub mod fingerprint;
@@ -16,6 +17,7 @@ pub mod sql;
 pub mod store;
 pub mod yaml;
 
+pub use checkpoint::{CheckpointState, Checkpointed, Checkpoints, StepPlan};
 pub use diag::{Diagnostic, Diagnostics, Loc};
 pub use executor::{run, status, NodeOutcome, NodeStatus, RunError, RunOptions};
 pub use operator::{Columns, ConfigureContext, NodeKernel, Operator, Port, PortKind, Registry};
