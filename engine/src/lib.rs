@@ -15,6 +15,7 @@
 //! - [`executor`]: a plan run against a run directory; [`sql`]: queries over one.
 
 pub mod binding;
+pub mod checkpoint;
 pub mod diag;
 pub mod error;
 pub mod executor;
@@ -30,6 +31,7 @@ pub mod store;
 pub mod yaml;
 
 pub use binding::{Input, ModelRef, ModelSource};
+pub use checkpoint::{CheckpointState, Checkpointed, Checkpoints, StepPlan};
 pub use diag::{Diagnostic, Diagnostics, Loc};
 pub use error::OpError;
 pub use executor::{run, status, NodeOutcome, NodeStatus, RunError, RunOptions};
