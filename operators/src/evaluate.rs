@@ -1045,4 +1045,32 @@ mod tests {
         let twice: Vec<String> = vec!["a".into(), "a".into()];
         assert!(base_index(&twice, None).is_err());
     }
+    #[test]
+    fn fingerprint_json_is_unchanged() {
+        // Recorded from the code before the params took container defaults: a node's
+        // fingerprint (and so its cache) depends on these exact bytes.
+        let ctx = ConfigureContext {
+            node_id: "n".into(),
+            base_dir: ".".into(),
+            seed: 1,
+        };
+        let fingerprint =
+            |v: serde_json::Value| match Evaluate.configure(&Params::from_json(&v), &ctx) {
+                Ok(k) => serde_json::to_string(&k.params_json()).unwrap(),
+                Err(d) => panic!("{d}"),
+            };
+        let default = fingerprint(json!({}));
+        let set = fingerprint(
+            json!({"split": null, "limit": 5, "samples": 2, "temperature": 0.5, "base": "b",
+            "oracle": "o", "delimiter": "\n", "batch_size": 4, "answer_format": "boxed"}),
+        );
+        assert_eq!(
+            default,
+            r#"{"answer_format":"auto","base":null,"chat_template":false,"chunk_rows":8,"delimiter":"\n\n","limit":null,"max_new_tokens":256,"oracle":null,"prompt_template":"{prompt}","samples":1,"split":"test","stop":[],"temperature":0.0,"top_k":0,"top_p":1.0}"#
+        );
+        assert_eq!(
+            set,
+            r#"{"answer_format":"boxed","base":"b","chat_template":false,"chunk_rows":8,"delimiter":"\n","limit":5,"max_new_tokens":256,"oracle":"o","prompt_template":"{prompt}","samples":2,"split":null,"stop":[],"temperature":0.5,"top_k":0,"top_p":1.0}"#
+        );
+    }
 }

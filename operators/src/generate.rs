@@ -805,4 +805,33 @@ mod tests {
         let pred = utf8_column(&batch, "pred_answer").unwrap().unwrap();
         assert_eq!(pred.value(0), "5");
     }
+    #[test]
+    fn fingerprint_json_is_unchanged() {
+        // Recorded from the code before the params took container defaults: a node's
+        // fingerprint (and so its cache) depends on these exact bytes.
+        let ctx = ConfigureContext {
+            node_id: "n".into(),
+            base_dir: ".".into(),
+            seed: 1,
+        };
+        let fingerprint =
+            |v: serde_json::Value| match Generate.configure(&Params::from_json(&v), &ctx) {
+                Ok(k) => serde_json::to_string(&k.params_json()).unwrap(),
+                Err(d) => panic!("{d}"),
+            };
+        let default = fingerprint(json!({}));
+        let set = fingerprint(
+            json!({"samples": 2, "temperature": 0.7, "top_p": 0.9, "top_k": 5, "max_new_tokens": 64,
+            "stop": ["\n\n"], "chat_template": true, "prompt_template": "Q: {prompt}",
+            "batch_size": 3, "answer_format": "gsm8k", "chunk_rows": 2}),
+        );
+        assert_eq!(
+            default,
+            r#"{"answer_format":"auto","chat_template":false,"chunk_rows":8,"max_new_tokens":256,"prompt_template":"{prompt}","samples":4,"stop":[],"temperature":1.0,"top_k":0,"top_p":1.0}"#
+        );
+        assert_eq!(
+            set,
+            r#"{"answer_format":"gsm8k","chat_template":true,"chunk_rows":2,"max_new_tokens":64,"prompt_template":"Q: {prompt}","samples":2,"stop":["\n\n"],"temperature":0.7,"top_k":5,"top_p":0.9}"#
+        );
+    }
 }

@@ -1079,4 +1079,32 @@ mod tests {
         assert_eq!(pack_groups(&blocks, 20), vec![0..2, 2..3, 3..4]);
         assert_eq!(pack_groups(&blocks, 1), vec![0..1, 1..2, 2..3, 3..4]);
     }
+    #[test]
+    fn fingerprint_json_is_unchanged() {
+        // Recorded from the code before the params took container defaults: a node's
+        // fingerprint (and so its cache) depends on these exact bytes.
+        let ctx = ConfigureContext {
+            node_id: "n".into(),
+            base_dir: ".".into(),
+            seed: 1,
+        };
+        let fingerprint = |v: serde_json::Value| match Probe.configure(&Params::from_json(&v), &ctx)
+        {
+            Ok(k) => serde_json::to_string(&k.params_json()).unwrap(),
+            Err(d) => panic!("{d}"),
+        };
+        let default = fingerprint(json!({}));
+        let set = fingerprint(
+            json!({"kind": "verbal", "yes": ["Y"], "no": ["N"], "question": "?",
+            "early_answer_tokens": 3, "chat_template": true, "max_packed_tokens": 100, "chunk_rows": 4}),
+        );
+        assert_eq!(
+            default,
+            r#"{"answer_format":"auto","chat_template":false,"chunk_rows":16,"early_answer_tokens":8,"kind":"answer","no":[" No","No"," no"],"prompt_template":"{prompt}","question":"\n\nBased on the reasoning so far, is the final answer already determined? Answer Yes or No:","trigger":"\n\nThe answer is","yes":[" Yes","Yes"," yes"]}"#
+        );
+        assert_eq!(
+            set,
+            r#"{"answer_format":"auto","chat_template":true,"chunk_rows":4,"early_answer_tokens":3,"kind":"verbal","no":["N"],"prompt_template":"{prompt}","question":"?","trigger":"\n\nThe answer is","yes":["Y"]}"#
+        );
+    }
 }
