@@ -11,6 +11,7 @@ pub mod generate;
 pub mod model_port;
 pub mod pair;
 pub mod probe;
+pub mod rollout;
 pub mod segment;
 pub mod source;
 pub mod step_tokens;

@@ -13,13 +13,15 @@
 //! otherwise the directory's `config.json` `torch_dtype` on CUDA and fp32 on the CPU
 //! (bf16 on a CPU without native support is slow, and fp16 gains nothing there).
 //! Built-in models default to fp32 everywhere.
+//!
+//! [`LazyModel`] loads a port's model on the first chunk that needs it.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{json, Value};
-use sspo_engine::{CpuSpec, ModelRef, ModelSource, OpError};
+use sspo_engine::{CpuSpec, ModelRef, ModelSource, OpError, RunContext};
 use sspo_model::{parse_device, CpuSettings, DType, LoadOptions, Model, TextTokenizer};
 use tch::Device;
 
@@ -38,7 +40,7 @@ pub fn configure_cpu(spec: &CpuSpec) -> Result<(), OpError> {
 /// Loads the model of a port on `device` (`auto | cpu | cuda | cuda:N`).
 pub fn load_model(model: &ModelRef, device: &str) -> Result<Model, OpError> {
     let dev = parse_device(device)
-        .map_err(|e| OpError::msg(format!("model `{}`: device {device:?}: {e}", model.name)))?;
+        .map_err(|e| OpError::context(format!("model `{}`: device {device:?}", model.name), e))?;
     let dtype = choose_dtype(model, dev)?;
     let opts = LoadOptions { dtype, device: dev };
     match &model.source {
@@ -54,8 +56,49 @@ pub fn load_inference_model(model: &ModelRef, device: &str) -> Result<Model, OpE
     let mut m = load_model(model, device)?;
     m.decoder
         .pack_for_inference()
-        .map_err(|e| OpError::msg(format!("model `{}`: packing weights: {e}", model.name)))?;
+        .map_err(|e| OpError::context(format!("model `{}`: packing weights", model.name), e))?;
     Ok(m)
+}
+
+/// A model loaded when it is first needed. Operators that work in chunks ask for it in
+/// each chunk, so it is loaded by the first chunk that still has to be computed: a fully
+/// cached or fully resumed node never reads the weights. `T` is what `load(model,
+/// device)` makes of a port's model (the model, or the model with what the operator
+/// derives from it). Asking for another model drops the one held before loading it, so
+/// two models never share memory (`evaluate` runs its models one after another).
+pub struct LazyModel<T, F> {
+    device: String,
+    load: F,
+    held: Option<(ModelRef, T)>,
+}
+
+impl<T, F> LazyModel<T, F>
+where
+    F: FnMut(&ModelRef, &str) -> Result<T, OpError>,
+{
+    /// Nothing loaded yet; models will be loaded on `device`.
+    pub fn new(device: impl Into<String>, load: F) -> Self {
+        LazyModel {
+            device: device.into(),
+            load,
+            held: None,
+        }
+    }
+
+    /// `model`, loaded (and logged as `loading model `NAME``) unless it is the one held.
+    pub fn get(&mut self, ctx: &RunContext, model: &ModelRef) -> Result<&T, OpError> {
+        if self.held.as_ref().is_none_or(|(m, _)| m != model) {
+            // Free the previous model before loading the next.
+            self.held = None;
+            ctx.log(&format!("loading model `{}`", model.name));
+            let loaded = (self.load)(model, &self.device)?;
+            self.held = Some((model.clone(), loaded));
+        }
+        self.held
+            .as_ref()
+            .map(|(_, loaded)| loaded)
+            .ok_or_else(|| OpError::internal("model not loaded"))
+    }
 }
 
 /// The seed of a built-in model's random weights: a function of its name only, so every
@@ -77,7 +120,7 @@ fn choose_dtype(model: &ModelRef, dev: Device) -> Result<DType, OpError> {
             ))
         })?;
         return DType::from_str(s)
-            .map_err(|e| OpError::msg(format!("model `{}`: {e}", model.name)));
+            .map_err(|e| OpError::context(format!("model `{}`", model.name), e));
     }
     if dev == Device::Cpu {
         return Ok(DType::F32);
@@ -116,25 +159,23 @@ fn load_dir(model: &ModelRef, dir: &Path, opts: &LoadOptions) -> Result<Model, O
             "{who}: missing weights (model.safetensors or model.safetensors.index.json)"
         )));
     }
-    Model::load_dir(dir, opts).map_err(|e| OpError::msg(format!("{who}: {e}")))
+    Model::load_dir(dir, opts).map_err(|e| OpError::context(who, e))
 }
 
 fn load_builtin(model: &ModelRef, name: &str, opts: &LoadOptions) -> Result<Model, OpError> {
     let who = format!("model `{}` (builtin {name})", model.name);
     let dir = builtin_tokenizer_dir(&who, name)?;
-    Model::builtin(name, dir.path(), opts, builtin_seed(name))
-        .map_err(|e| OpError::msg(format!("{who}: {e}")))
+    Model::builtin(name, dir.path(), opts, builtin_seed(name)).map_err(|e| OpError::context(who, e))
 }
 
 /// A temporary directory holding the tokenizer files of built-in model `name`.
 fn builtin_tokenizer_dir(who: &str, name: &str) -> Result<TempDir, OpError> {
     let dir = TempDir::new("builtin-tokenizer")
-        .map_err(|e| OpError::msg(format!("{who}: temporary directory: {e}")))?;
+        .map_err(|e| OpError::context(format!("{who}: temporary directory"), e))?;
     match name {
         "tiny-test" => write_byte_tokenizer(dir.path())
-            .map_err(|e| OpError::msg(format!("{who}: writing its tokenizer: {e}")))?,
-        _ => write_task_tokenizer(name, dir.path())
-            .map_err(|e| OpError::msg(format!("{who}: {e}")))?,
+            .map_err(|e| OpError::context(format!("{who}: writing its tokenizer"), e))?,
+        _ => write_task_tokenizer(name, dir.path()).map_err(|e| OpError::context(who, e))?,
     }
     Ok(dir)
 }
@@ -148,12 +189,12 @@ pub fn load_tokenizer(model: &ModelRef) -> Result<TextTokenizer, OpError> {
             if !dir.join("tokenizer.json").is_file() {
                 return Err(OpError::msg(format!("{who}: missing tokenizer.json")));
             }
-            TextTokenizer::from_dir(dir).map_err(|e| OpError::msg(format!("{who}: {e}")))
+            TextTokenizer::from_dir(dir).map_err(|e| OpError::context(who, e))
         }
         ModelSource::Builtin(name) => {
             let who = format!("model `{}` (builtin {name})", model.name);
             let dir = builtin_tokenizer_dir(&who, name)?;
-            TextTokenizer::from_dir(dir.path()).map_err(|e| OpError::msg(format!("{who}: {e}")))
+            TextTokenizer::from_dir(dir.path()).map_err(|e| OpError::context(who, e))
         }
     }
 }

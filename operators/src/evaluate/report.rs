@@ -16,7 +16,7 @@ use plotters::prelude::*;
 use sspo_engine::store::write_atomic;
 use sspo_engine::OpError;
 
-use super::{fmt_opt, fmt_pct, fmt_signed, ModelSummary, PerModel};
+use super::summary::{fmt_opt, fmt_pct, fmt_signed, ModelSummary, PerModel};
 
 /// What the report shows.
 pub struct ReportInput<'a> {
