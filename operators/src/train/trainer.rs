@@ -195,7 +195,7 @@ impl Checkpointed for Trainer<'_> {
             tokens_per_s: out.tokens as f64 / secs,
         };
         ctx.progress().set_extra(&format!("loss {:.4}", row.loss));
-        if (step + 1) % self.p.log_every == 0 || step + 1 == self.total {
+        if (step + 1).is_multiple_of(self.p.log_every) || step + 1 == self.total {
             ctx.log(&row.log_line(self.total));
         }
         Ok(row)
