@@ -25,6 +25,9 @@ pub enum OpError {
     /// A broken invariant: a bug in `sspo`, not a problem with the user's input.
     #[error("internal error (a bug in sspo, please report it): {0}")]
     Internal(String),
+    /// A library error shown as it is (its text already says what failed).
+    #[error(transparent)]
+    Source(Box<dyn std::error::Error + Send + Sync>),
     #[error("{context}: {source}")]
     Context {
         context: String,
@@ -41,6 +44,11 @@ impl OpError {
     /// A broken invariant (a bug), as opposed to bad input.
     pub fn internal(m: impl Into<String>) -> Self {
         OpError::Internal(m.into())
+    }
+
+    /// Passes a library error on unchanged, keeping its type (for `downcast_ref`).
+    pub fn source(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        OpError::Source(source.into())
     }
 
     /// Wraps any error with a sentence saying what was being done.

@@ -257,7 +257,8 @@ fn verbal_probe_needs_single_token_forms() {
             ..Default::default()
         },
     )
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("none of the `yes` forms"), "{err}");
     // Only single-token forms are used: " Yes" counts, " Yes indeed" does not.
     let s = ProbeSetup::new(

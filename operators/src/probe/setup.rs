@@ -1,5 +1,6 @@
 //! What a probe appends after a boundary, as tokens of the probing model.
 
+use sspo_engine::OpError;
 use sspo_model::Model;
 
 use super::params::{ProbeKind, ProbeParams};
@@ -20,12 +21,15 @@ pub struct ProbeSetup {
 impl ProbeSetup {
     /// Tokenises the suffix and the yes / no forms with `model`'s tokenizer. A verbal probe
     /// without a single-token yes or no form is an error.
-    pub fn new(model: &Model, p: &ProbeParams) -> Result<Self, String> {
+    pub fn new(model: &Model, p: &ProbeParams) -> Result<Self, OpError> {
         let tok = &model.tokenizer;
-        let enc = |s: &str| tok.encode(s, false).map_err(|e| format!("tokenizer: {e}"));
+        let enc = |s: &str| {
+            tok.encode(s, false)
+                .map_err(|e| OpError::context(format!("encoding {s:?}"), e))
+        };
         let (suffix, yes, no) = match p.kind {
             ProbeKind::Verbal => {
-                let single = |forms: &[String], what: &str| -> Result<Vec<i64>, String> {
+                let single = |forms: &[String], what: &str| -> Result<Vec<i64>, OpError> {
                     let mut ids = Vec::new();
                     for f in forms {
                         if let [id] = enc(f)?.as_slice() {
@@ -35,16 +39,18 @@ impl ProbeSetup {
                         }
                     }
                     if ids.is_empty() {
-                        return Err(format!(
+                        return Err(OpError::msg(format!(
                             "none of the `{what}` forms {forms:?} is a single token in this model's tokenizer; list forms that are"
-                        ));
+                        )));
                     }
                     Ok(ids)
                 };
                 let yes = single(&p.yes, "yes")?;
                 let no = single(&p.no, "no")?;
                 if let Some(both) = yes.iter().find(|y| no.contains(y)) {
-                    return Err(format!("token {both} is both a `yes` and a `no` form"));
+                    return Err(OpError::msg(format!(
+                        "token {both} is both a `yes` and a `no` form"
+                    )));
                 }
                 (enc(&p.question)?, yes, no)
             }

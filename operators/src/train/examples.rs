@@ -165,7 +165,7 @@ fn sft_examples(
             continue;
         }
         let context = render_context(tokens.model, prompt, &p.prompt_template, p.chat_template)
-            .map_err(OpError::msg)?;
+            .map_err(OpError::source)?;
         let tr = tokens.trace(&context, &[completion])?;
         if tr.context_len == 0 {
             skipped.missing_text += 1;
