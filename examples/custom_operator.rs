@@ -159,6 +159,7 @@ nodes:
             force: Vec::new(),
             until: None,
             progress: ProgressMode::Quiet,
+            keep_scratch: false,
         },
     )?;
     let batches =

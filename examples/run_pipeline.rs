@@ -30,6 +30,7 @@ fn main() -> Result<()> {
             force: Vec::new(),
             until: None,
             progress: ProgressMode::Log,
+            keep_scratch: false,
         },
     )
     .context("running the pipeline")?;

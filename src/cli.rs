@@ -40,6 +40,10 @@ enum Command {
         /// Progress display (default: bars on a terminal, log lines otherwise).
         #[arg(long, value_enum)]
         progress: Option<ProgressArg>,
+        /// Keep each completed node's scratch/ directory (checkpoints, caches), which is
+        /// otherwise deleted once the node completes.
+        #[arg(long)]
+        keep_scratch: bool,
     },
     /// Check a pipeline and report every error as FILE:LINE:COL.
     Validate {
@@ -231,6 +235,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             force,
             until,
             progress,
+            keep_scratch,
         } => {
             let plan = load_plan(&pipeline, &target.sets)?;
             // Before any tensor work and before other threads start (it sets libtorch's
@@ -249,6 +254,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                     Some(ProgressArg::Quiet) => ProgressMode::Quiet,
                     None => ProgressMode::detect(),
                 },
+                keep_scratch,
             };
             match executor::run(&plan, &opts) {
                 Ok(outcomes) => {

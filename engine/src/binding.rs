@@ -16,6 +16,16 @@ pub enum ModelSource {
     Builtin(String),
     /// A local HF-format directory (a `models:` path, or a node's artifact).
     Dir(PathBuf),
+    /// A local GGUF file (a `models:` path ending in `.gguf`).
+    Gguf(PathBuf),
+}
+
+impl ModelSource {
+    /// Whether a `models:` path names a GGUF file (by its extension, in any case).
+    pub fn is_gguf_path(path: &std::path::Path) -> bool {
+        path.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    }
 }
 
 /// A model bound to a model port.

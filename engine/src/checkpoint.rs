@@ -21,6 +21,8 @@
 //! * Pruning: the newest `keep` checkpoints stay; every other file of the scratch
 //!   directory goes, except the node's caches named in [`StepPlan::keep_files`]. A fresh
 //!   start removes every checkpoint first: nothing of another configuration lingers.
+//!   Once the node completes, the executor deletes the whole scratch directory (unless
+//!   `RunOptions::keep_scratch`): a complete node is cached, never resumed.
 //!
 //! Row-wise operators use [`RunContext::run_chunks`] instead.
 

@@ -86,6 +86,9 @@ pub struct RunOptions {
     /// Run only this node and what it needs.
     pub until: Option<String>,
     pub progress: ProgressMode,
+    /// Keep a completed node's `scratch/` directory (checkpoints, caches) instead of
+    /// deleting it: for inspecting what a run wrote there.
+    pub keep_scratch: bool,
 }
 
 /// The default run directory: `runs/<name>` under the working directory.
@@ -203,6 +206,9 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Vec<NodeOutcome>, RunError>
             }
         }
         let m = ctx.finish().map_err(node_err)?;
+        if !opts.keep_scratch {
+            remove_scratch(&NodeDir::new(&opts.run_dir, id).path);
+        }
         let seconds = start.elapsed().as_secs_f64();
         bar.finish(&format!("done: {} rows in {seconds:.1}s", m.primary_rows()));
         outcomes.push(NodeOutcome {
@@ -214,4 +220,14 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Vec<NodeOutcome>, RunError>
         });
     }
     Ok(outcomes)
+}
+
+/// Deletes a completed node's `scratch/` directory. A complete node is cached, never
+/// resumed, so what kept it resumable (checkpoints, caches) is dead weight: gigabytes for
+/// a trained model. Best effort: a leftover directory costs disk, not correctness.
+fn remove_scratch(node_dir: &Path) {
+    let scratch = node_dir.join("scratch");
+    if scratch.exists() {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
 }

@@ -158,6 +158,14 @@ impl Plan {
                     })?;
                 json!({"dir": id})
             }
+            ModelSource::Gguf(file) => {
+                let id = hasher.file(file).map_err(|source| PlanError::Identity {
+                    node: name.to_string(),
+                    path: file.clone(),
+                    source,
+                })?;
+                json!({"gguf": id})
+            }
         };
         Ok(hash_bytes(
             canonical_json(&json!({"source": source, "options": entry.options})).as_bytes(),

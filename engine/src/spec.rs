@@ -370,22 +370,16 @@ fn parse_models(
                 let Some(s) = expect_str(p, "`path`", diags) else {
                     continue;
                 };
-                let dir = resolve(base_dir, &s);
-                if !dir.is_dir() {
-                    diags.push(Diagnostic::at(
-                        Some(p.loc.clone()),
-                        format!("model directory `{}` does not exist", dir.display()),
-                    ));
-                } else if !dir.join("config.json").is_file() {
-                    diags.push(Diagnostic::at(
-                        Some(p.loc.clone()),
-                        format!(
-                            "`{}` is not a model directory: it has no config.json",
-                            dir.display()
-                        ),
-                    ));
+                let path = resolve(base_dir, &s);
+                if let Some(problem) = model_path_problem(&path) {
+                    diags.push(Diagnostic::at(Some(p.loc.clone()), problem));
                 }
-                (ModelSource::Dir(dir), pk.loc.clone())
+                let source = if ModelSource::is_gguf_path(&path) {
+                    ModelSource::Gguf(path)
+                } else {
+                    ModelSource::Dir(path)
+                };
+                (source, pk.loc.clone())
             }
             (Some(_), Some((pk, _))) => {
                 diags.push(Diagnostic::at(
@@ -579,6 +573,33 @@ fn valid_device(d: &str) -> bool {
             .is_some_and(|n| n.parse::<u32>().is_ok())
 }
 
+/// What is wrong with a `models:` path, if anything: a `.gguf` path must be a file, any
+/// other path a model directory with a `config.json`.
+fn model_path_problem(path: &Path) -> Option<String> {
+    if ModelSource::is_gguf_path(path) {
+        return (!path.is_file()).then(|| match path.is_dir() {
+            true => format!("`{}` is a directory, not a GGUF file", path.display()),
+            false => format!("GGUF file `{}` does not exist", path.display()),
+        });
+    }
+    if !path.is_dir() {
+        return Some(if path.is_file() {
+            format!(
+                "`{}` is a file, not a model directory (a GGUF file must end in `.gguf`)",
+                path.display()
+            )
+        } else {
+            format!("model directory `{}` does not exist", path.display())
+        });
+    }
+    (!path.join("config.json").is_file()).then(|| {
+        format!(
+            "`{}` is not a model directory: it has no config.json",
+            path.display()
+        )
+    })
+}
+
 fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = PathBuf::from(p);
     if p.is_absolute() {
@@ -613,6 +634,39 @@ mod tests {
             ModelSource::Builtin("tiny-synth".into())
         );
         assert_eq!(p.models["base"].options["dtype"], "bf16");
+    }
+
+    #[test]
+    fn model_paths_are_gguf_files_or_model_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("m.gguf"), b"GGUF").unwrap();
+        std::fs::write(root.join("weights.bin"), b"").unwrap();
+        std::fs::create_dir(root.join("hf")).unwrap();
+        std::fs::write(root.join("hf/config.json"), b"{}").unwrap();
+        std::fs::create_dir(root.join("empty")).unwrap();
+        let spec = |path: &str| {
+            format!("models:\n  base: {{path: {path}}}\nnodes:\n  a: {{op: source, params: {{n: 1}}}}\n")
+        };
+        let read = |path: &str| Pipeline::from_text(&spec(path), &root.join("p.yaml"), &[]);
+        let p = read("m.gguf").unwrap();
+        assert_eq!(
+            p.models["base"].source,
+            ModelSource::Gguf(root.join("m.gguf"))
+        );
+        let p = read("hf").unwrap();
+        assert_eq!(p.models["base"].source, ModelSource::Dir(root.join("hf")));
+        let problem = |path: &str| read(path).unwrap().problems.to_string();
+        let err = problem("missing.GGUF");
+        assert!(err.contains(":2:16: error: GGUF file `"), "{err}");
+        assert!(err.contains("missing.GGUF` does not exist"), "{err}");
+        let err = problem("weights.bin");
+        assert!(
+            err.contains("is a file, not a model directory (a GGUF file must end in `.gguf`)"),
+            "{err}"
+        );
+        assert!(problem("empty").contains("it has no config.json"));
+        assert!(problem("nowhere").contains("model directory `"));
     }
 
     #[test]

@@ -141,7 +141,12 @@ fn an_interrupted_run_resumes_from_the_chunk_it_stopped_at() {
         .collect();
     assert_eq!(dbl, [("dbl".to_string(), 0), ("dbl".to_string(), 4)]);
 
+    // What the interrupted node kept for its resume is there until it completes.
+    let scratch = NodeDir::new(&interrupted, "dbl").path.join("scratch");
+    assert!(scratch.join("chunk-4").is_file());
+
     let out = sspo_engine::run(&plan, &options(&interrupted)).expect("resumed run");
+    assert!(!scratch.exists(), "a completed node's scratch/ is deleted");
     assert_eq!(
         actions(&out),
         [
@@ -342,4 +347,16 @@ fn sql_refuses_a_run_dir_whose_tables_clash() {
         err,
         "table `summary` of node `t` and the table of node `t_summary` are both the SQL table `t_summary`; rename one of the nodes"
     );
+}
+
+#[test]
+fn keep_scratch_keeps_a_completed_nodes_scratch_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let knobs = Arc::new(Knobs::default());
+    let plan = plan(CHAIN, &registry(&knobs)).expect("plan");
+    let mut opts = options(dir.path());
+    opts.keep_scratch = true;
+    sspo_engine::run(&plan, &opts).expect("run");
+    let scratch = NodeDir::new(dir.path(), "dbl").path.join("scratch");
+    assert!(scratch.join("chunk-0").is_file() && scratch.join("chunk-8").is_file());
 }

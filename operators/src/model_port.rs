@@ -2,6 +2,8 @@
 //!
 //! * `models: {base: {path: DIR}}` or a `train` node's artifact arrive as
 //!   [`ModelSource::Dir`]: a Hugging Face directory, loaded with [`Model::load_dir`].
+//! * `models: {base: {path: FILE.gguf}}` arrives as [`ModelSource::Gguf`]: a llama.cpp
+//!   GGUF file, dequantised on load with [`Model::load_gguf`].
 //! * `models: {base: {builtin: NAME}}` arrives as [`ModelSource::Builtin`]: a tiny
 //!   architecture with random weights ([`Model::builtin`]), paired with a tokenizer
 //!   written for it (`tiny-synth`: the synthetic task's tokenizer,
@@ -12,7 +14,8 @@
 //! dtype: the `dtype` key of the `models:` entry (`fp32`, `bf16`, `fp16`) when written;
 //! otherwise the directory's `config.json` `torch_dtype` on CUDA and fp32 on the CPU
 //! (bf16 on a CPU without native support is slow, and fp16 gains nothing there).
-//! Built-in models default to fp32 everywhere.
+//! Built-in and GGUF models default to fp32 everywhere (a GGUF file's quantised blocks
+//! have no torch dtype; they are dequantised to f32 and stored in the chosen dtype).
 //!
 //! [`LazyModel`] loads a port's model on the first chunk that needs it.
 
@@ -22,19 +25,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{json, Value};
 use sspo_engine::{CpuSpec, ModelRef, ModelSource, OpError, RunContext};
-use sspo_model::{parse_device, CpuSettings, DType, LoadOptions, Model, TextTokenizer};
+use sspo_model::{parse_device, CpuSettings, DType, LoadOptions, Model, ModelError, TextTokenizer};
 use tch::Device;
 
 /// Applies a pipeline's `cpu:` settings (thread count, pinned instruction set) to this
 /// process. It must run before any model work: libtorch reads the instruction set once,
 /// on its first kernel call ([`sspo_model::cpu`]).
 pub fn configure_cpu(spec: &CpuSpec) -> Result<(), OpError> {
-    let isa = spec.isa.parse().map_err(|e| OpError::msg(format!("{e}")))?;
+    let isa = spec.isa.parse().map_err(OpError::source)?;
     sspo_model::configure_cpu(&CpuSettings {
         threads: spec.threads,
         isa,
     })
-    .map_err(|e| OpError::msg(format!("{e}")))
+    .map_err(OpError::source)
 }
 
 /// Loads the model of a port on `device` (`auto | cpu | cuda | cuda:N`).
@@ -45,6 +48,7 @@ pub fn load_model(model: &ModelRef, device: &str) -> Result<Model, OpError> {
     let opts = LoadOptions { dtype, device: dev };
     match &model.source {
         ModelSource::Dir(dir) => load_dir(model, dir, &opts),
+        ModelSource::Gguf(file) => load_gguf(model, file, &opts),
         ModelSource::Builtin(name) => load_builtin(model, name, &opts),
     }
 }
@@ -127,7 +131,7 @@ fn choose_dtype(model: &ModelRef, dev: Device) -> Result<DType, OpError> {
     }
     match &model.source {
         ModelSource::Dir(dir) => Ok(config_dtype(&dir.join("config.json")).unwrap_or(DType::F32)),
-        ModelSource::Builtin(_) => Ok(DType::F32),
+        ModelSource::Builtin(_) | ModelSource::Gguf(_) => Ok(DType::F32),
     }
 }
 
@@ -160,6 +164,11 @@ fn load_dir(model: &ModelRef, dir: &Path, opts: &LoadOptions) -> Result<Model, O
         )));
     }
     Model::load_dir(dir, opts).map_err(|e| OpError::context(who, e))
+}
+
+fn load_gguf(model: &ModelRef, file: &Path, opts: &LoadOptions) -> Result<Model, OpError> {
+    // The GGUF error names the file; the context names the port's model.
+    Model::load_gguf(file, opts).map_err(|e| OpError::context(format!("model `{}`", model.name), e))
 }
 
 fn load_builtin(model: &ModelRef, name: &str, opts: &LoadOptions) -> Result<Model, OpError> {
@@ -196,6 +205,8 @@ pub fn load_tokenizer(model: &ModelRef) -> Result<TextTokenizer, OpError> {
             let dir = builtin_tokenizer_dir(&who, name)?;
             TextTokenizer::from_dir(dir.path()).map_err(|e| OpError::context(who, e))
         }
+        ModelSource::Gguf(file) => TextTokenizer::from_gguf(file)
+            .map_err(|e| OpError::context(format!("model `{}`", model.name), e)),
     }
 }
 
@@ -316,13 +327,11 @@ pub fn render_context(
     prompt: &str,
     prompt_template: &str,
     chat_template: bool,
-) -> Result<String, String> {
+) -> Result<String, ModelError> {
     let text = prompt_template.replace("{prompt}", prompt);
     if chat_template {
         let messages = json!([{"role": "user", "content": text}]);
-        return model
-            .apply_chat_template(&messages, true)
-            .map_err(|e| format!("chat template: {e}"));
+        return model.apply_chat_template(&messages, true);
     }
     match bos_prefix(model) {
         Some(bos) if !text.starts_with(&bos) => Ok(format!("{bos}{text}")),
@@ -339,11 +348,8 @@ fn bos_prefix(model: &Model) -> Option<String> {
 }
 
 /// Tokenises a rendered context (no special tokens added: they are in the text).
-pub fn encode_context(model: &Model, context: &str) -> Result<Vec<i64>, String> {
-    model
-        .tokenizer
-        .encode(context, false)
-        .map_err(|e| format!("tokenizer: {e}"))
+pub fn encode_context(model: &Model, context: &str) -> Result<Vec<i64>, ModelError> {
+    model.tokenizer.encode(context, false)
 }
 
 #[cfg(test)]

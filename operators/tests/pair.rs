@@ -111,6 +111,7 @@ fn run_with(dir: &Path, yaml: &str, tables: &Tables) -> Result<PathBuf, String> 
             force: vec![],
             until: None,
             progress: ProgressMode::Quiet,
+            keep_scratch: false,
         },
     )
     .map_err(|e| e.to_string())?;

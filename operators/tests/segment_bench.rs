@@ -198,6 +198,7 @@ fn segment_node_throughput() {
             force: vec![],
             until: None,
             progress: ProgressMode::Quiet,
+            keep_scratch: false,
         },
     )
     .unwrap();

@@ -239,8 +239,8 @@ fn preference_losses_train_on_pair_rows() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
         write_pairs(&p.join("pairs.jsonl"), 6);
-        let run =
-            run(p, &pref_spec(loss, &[("epochs", "4")])).unwrap_or_else(|e| panic!("{loss}: {e}"));
+        let run = run_with(p, &pref_spec(loss, &[("epochs", "4")]), true)
+            .unwrap_or_else(|e| panic!("{loss}: {e}"));
         let (m, manifest) = table(&run, "pt");
         assert_eq!(steps(&m), (1..=12).collect::<Vec<_>>(), "{loss}");
         let margin: Vec<f64> = floats(&m, "margin")
@@ -351,8 +351,16 @@ fn resuming_from_a_checkpoint_gives_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     write_pairs(&p.join("pairs.jsonl"), 5);
-    let spec = pref_spec("sspo", &[("batch_size", "1"), ("grad_accum", "2")]);
-    let clean = run(p, &spec).unwrap();
+    let spec = pref_spec(
+        "sspo",
+        &[
+            ("batch_size", "1"),
+            ("grad_accum", "2"),
+            ("keep_checkpoints", "2"),
+        ],
+    );
+    // The clean run keeps its scratch directory: the copies below resume from it.
+    let clean = run_with(p, &spec, true).unwrap();
     let want = std::fs::read(clean.join("pt/model/model.safetensors")).unwrap();
     let (want_metrics, _) = table(&clean, "pt");
     // 5 pairs, 2 per step → 3 steps per epoch, 2 epochs: 6 steps, checkpoints 2, 4, 6.
@@ -376,6 +384,8 @@ fn resuming_from_a_checkpoint_gives_the_same_weights() {
     copy_dir(&clean, &a.join("run"));
     uncommit_last_chunk(&a.join("run"), "pt");
     let ra = run(&a, &spec).unwrap();
+    // Completed, the node's checkpoints and caches are deleted.
+    assert!(!ra.join("pt/scratch").exists());
     assert_eq!(
         std::fs::read(ra.join("pt/model/model.safetensors")).unwrap(),
         want

@@ -3,7 +3,7 @@
 //!
 //! - `count` (source): `n = offset + i` for `i` in `0..rows`, in chunks of `chunk_rows`;
 //! - `double` (on port `rows`): `n = factor * n` of the input, and the input's `n` as
-//!   `input`;
+//!   `input`; it leaves a file per chunk in its scratch directory;
 //! - `tally` (on port `rows`): the input's `n`, and an extra table `summary` (the row
 //!   count `count_n` and sum `sum_n`) committed after the chunks; `tally_b` writes it
 //!   as `b_summary`.
@@ -100,6 +100,7 @@ pub fn options(run_dir: &Path) -> RunOptions {
         force: Vec::new(),
         until: None,
         progress: ProgressMode::Quiet,
+        keep_scratch: false,
     }
 }
 
@@ -275,6 +276,9 @@ impl NodeKernel for DoubleKernel {
         ctx.run_chunks(n.len(), p.chunk_rows, |ctx, range| {
             self.knobs
                 .chunk_starts(ctx.node_id(), &range, p.chunk_rows)?;
+            // What a resumable node keeps between runs (a checkpoint, say).
+            let marker = ctx.scratch_dir()?.join(format!("chunk-{}", range.start));
+            std::fs::write(&marker, b"").map_err(|e| OpError::context("scratch", e))?;
             let input = n[range].to_vec();
             let doubled = input.iter().map(|x| p.factor * x).collect();
             Ok(int_batch(vec![("n", doubled), ("input", input)])?.into())

@@ -39,6 +39,7 @@ use crate::chat::ChatTemplate;
 use crate::decoder::{Decoder, Init};
 use crate::error::{ModelError, Result};
 use crate::hub_dir::{GenerationDefaults, LoadOptions, Model};
+use crate::tokenizer::TextTokenizer;
 use config::Arch;
 use error::GgufResult;
 
@@ -49,6 +50,19 @@ impl Model {
     pub fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<Model> {
         let file = GgufFile::open(path)?;
         load(&file, opts).map_err(|e| e.at(path))
+    }
+}
+
+impl TextTokenizer {
+    /// Only the tokenizer of a GGUF file (`tokenizer.ggml.*`): no tensor is read.
+    pub fn from_gguf(path: &Path) -> Result<TextTokenizer> {
+        let file = GgufFile::open(path)?;
+        let read = || -> GgufResult<TextTokenizer> {
+            let md = file.metadata();
+            let arch = Arch::of(md)?;
+            Ok(tokenizer::vocabulary(md, config::context_length(md, arch)?)?.tokenizer)
+        };
+        read().map_err(|e| e.at(path))
     }
 }
 

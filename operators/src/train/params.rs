@@ -134,7 +134,7 @@ impl Default for TrainParams {
             grad_accum: 1,
             max_grad_norm: 1.0,
             checkpoint_every: 50,
-            keep_checkpoints: 2,
+            keep_checkpoints: 1,
             dtype: None,
             max_length: None,
             log_every: 10,

@@ -10,6 +10,12 @@ use sspo_engine::{Pipeline, Plan, ProgressMode, RunOptions};
 /// Writes `yaml` as `dir/pipeline.yaml` (relative paths resolve in `dir`), plans it with
 /// the built-in operators and runs it into `dir/run`.
 pub fn run(dir: &Path, yaml: &str) -> Result<PathBuf, String> {
+    run_with(dir, yaml, false)
+}
+
+/// [`run`], keeping completed nodes' scratch directories (checkpoints) when
+/// `keep_scratch`, as `sspo-run --keep-scratch` does.
+pub fn run_with(dir: &Path, yaml: &str, keep_scratch: bool) -> Result<PathBuf, String> {
     let spec = dir.join("pipeline.yaml");
     std::fs::write(&spec, yaml).map_err(|e| e.to_string())?;
     let pipeline = Pipeline::from_text(yaml, &spec, &[]).map_err(|d| d.to_string())?;
@@ -22,6 +28,7 @@ pub fn run(dir: &Path, yaml: &str) -> Result<PathBuf, String> {
             force: vec![],
             until: None,
             progress: ProgressMode::Quiet,
+            keep_scratch,
         },
     )
     .map_err(|e| e.to_string())?;
