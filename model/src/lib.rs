@@ -18,6 +18,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod hub_dir;
+pub mod logits;
 pub mod packed;
 mod rope;
 pub mod runtime;

@@ -1,10 +1,11 @@
 //! Log-probabilities of given continuations, batched, plus packed probing: one forward pass over
 //! a trace followed by several probe blocks, each seeing only the trace before its boundary.
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::decoder::{Attention, Decoder};
 use crate::error::{ModelError, Result};
+use crate::logits;
 
 /// Score `continuation` given `context` (both token ids; `context` must be non-empty).
 #[derive(Debug, Clone)]
@@ -90,17 +91,12 @@ fn score_batch(decoder: &Decoder, rows: &[&ScoreRequest]) -> Result<Vec<Vec<f32>
     Ok(out)
 }
 
-/// `log_softmax(logits(h))[i, targets[i]]` for hidden rows `h` `[n, hidden]`.
+/// `log_softmax(logits(h))[i, targets[i]]` for hidden rows `h` `[n, hidden]`, in chunks of
+/// rows (see [`crate::logits`]).
 fn gather_logprobs(decoder: &Decoder, h: &Tensor, targets: &[i64]) -> Result<Vec<f32>> {
-    let logits = decoder.logits(h)?;
-    let tgt = Tensor::from_slice(targets)
-        .f_to_device(decoder.device())?
-        .f_unsqueeze(1)?;
-    let lp = logits
-        .f_log_softmax(-1, Kind::Float)?
-        .f_gather(1, &tgt, false)?
-        .f_view([-1])?
-        .f_to_device(tch::Device::Cpu)?;
+    let tgt = Tensor::from_slice(targets).f_to_device(decoder.device())?;
+    let rows = logits::chunk_rows(decoder.config().vocab_size);
+    let lp = logits::target_logprobs(decoder, h, &tgt, rows)?.f_to_device(tch::Device::Cpu)?;
     Ok(Vec::<f32>::try_from(&lp)?)
 }
 

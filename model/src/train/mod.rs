@@ -10,7 +10,9 @@ pub mod optim;
 pub mod schedule;
 
 pub use checkpoint::{load_training_state, save_training_state};
-pub use logprobs::{reference_logprobs, token_logprobs, ScoredSeq};
+pub use logprobs::{
+    reference_logprobs, token_logprobs, token_logprobs_in_chunks, ScoredSeq, ScoredTokens,
+};
 pub use loss::{
     preference_loss, sft_loss, step_pg_loss, step_weight, LossParts, PairTokens, PrefLossConfig,
 };

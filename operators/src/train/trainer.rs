@@ -265,18 +265,19 @@ impl Trainer<'_> {
                     toks.pairs.push((toks.n_seqs - 2, toks.n_seqs - 1));
                 }
             }
-            let logp = token_logprobs(&self.model.decoder, &seqs)?;
+            let scored = token_logprobs(&self.model.decoder, &seqs)?;
+            let logp = scored.logprobs();
             let ref_lp = Tensor::from_slice(&refs);
             let (loss, m) = match p.loss {
-                LossKind::Sft => (sft_loss(&logp, denom)?, Vec::new()),
+                LossKind::Sft => (sft_loss(logp, denom)?, Vec::new()),
                 LossKind::Dpo | LossKind::Sspo => {
                     let eta = if p.loss == LossKind::Sspo { p.eta } else { 0.0 };
                     let cfg = PrefLossConfig { beta: p.beta, eta };
-                    let o = preference_loss(&logp, &ref_lp, &toks, cfg, denom)?;
+                    let o = preference_loss(logp, &ref_lp, &toks, cfg, denom)?;
                     (o.loss, o.margins)
                 }
                 LossKind::StepPg => {
-                    let o = step_pg_loss(&logp, &ref_lp, &toks, p.beta, p.clip_eps, denom)?;
+                    let o = step_pg_loss(logp, &ref_lp, &toks, p.beta, p.clip_eps, denom)?;
                     (o.loss, o.margins)
                 }
             };
@@ -285,6 +286,7 @@ impl Trainer<'_> {
                 return Err(StepError::LossNotFinite(v));
             }
             loss.f_backward()?;
+            scored.backward()?;
             loss_sum += v;
             margins.extend(m);
         }
