@@ -17,7 +17,7 @@ use sspo_model::{
 };
 use tch::Tensor;
 
-use common::{max_abs_diff, python, scripts_dir, tensor_to_vec};
+use common::{max_abs_diff, python, read_f32, scripts_dir, tensor_to_vec};
 
 // ------------------------------------------------------------------ references
 
@@ -201,14 +201,6 @@ fn reference(dir: &Path, key: &str) -> Value {
     let text = std::fs::read_to_string(dir.join("reference.json")).expect("reference.json");
     let all: Value = serde_json::from_str(&text).expect("reference json");
     all[key].clone()
-}
-
-fn read_f32(path: &Path) -> Vec<f32> {
-    std::fs::read(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
 }
 
 /// What both sides compute: a corpus with unicode, digits and runs of whitespace, chats,

@@ -4,6 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "../../model/tests/common/raw_f32.rs"]
+mod raw_f32;
+#[allow(unused_imports)] // each test file uses what it needs
+pub use raw_f32::{f32s, read_f32};
+
 /// The repository root (shipped pipelines and models live under it).
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

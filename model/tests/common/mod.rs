@@ -7,6 +7,10 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+mod raw_f32;
+#[allow(unused_imports)] // each test file uses what it needs
+pub use raw_f32::{f32s, read_f32};
+
 /// The python interpreter with transformers: `$SSPO_PYTHON`, else the repository's `.venv`.
 pub fn python() -> PathBuf {
     let py = std::env::var_os("SSPO_PYTHON")
