@@ -20,7 +20,7 @@ export SSPO_PYTHON          := $(VENV)/bin/python
 
 CARGO ?= cargo
 
-.PHONY: demo test build release venv lint bench smollm2 clean-venv
+.PHONY: demo test build release venv lint bench smollm2 gpu-bundle clean-venv
 
 demo: release
 	./target/release/sspo-run pipelines/quickstart.yaml
@@ -62,6 +62,15 @@ $(VENV_STAMP): Makefile
 lint: $(VENV_STAMP)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The binaries scripts/gpu/check.sh runs on a GPU machine, stripped, in target/gpu-bundle/
+# (carry that folder with the tree; they load that machine's libtorch at run time).
+GPU_EXAMPLES := bench_generate bench_train dump_logits
+gpu-bundle: $(VENV_STAMP)
+	$(CARGO) build --release -p sspo-model $(addprefix --example ,$(GPU_EXAMPLES))
+	mkdir -p target/gpu-bundle
+	for e in $(GPU_EXAMPLES); do strip -o target/gpu-bundle/$$e target/release/examples/$$e; done
+	du -sh target/gpu-bundle
 
 bench: $(VENV_STAMP)
 	$(CARGO) build --release --bin sspo-run

@@ -4,25 +4,19 @@
 //! `DIR/prompts.json` with `BATCH` slots, `NEW_TOKENS` per prompt (no eos); prints one JSON
 //! line with new tokens/s and peak RSS. `mixed`: prompt `i` wants `wanted(i)` tokens (between
 //! NEW_TOKENS/8 and 2*NEW_TOKENS), as when requests hit eos at different points.
+//! `SSPO_BENCH_DEVICE` names the device (default `cpu`; `cuda` for the GPU check).
+
+#[path = "support/proc_stats.rs"]
+mod proc_stats;
 
 use std::path::Path;
 use std::time::Instant;
 
+use proc_stats::{cpu_seconds, peak_rss_mb};
 use sspo_model::{
-    DType, GenerationRequest, Generator, GeneratorConfig, LoadOptions, Model, SamplingParams,
+    parse_device, DType, GenerationRequest, Generator, GeneratorConfig, LoadOptions, Model,
+    SamplingParams,
 };
-
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 /// Same formula as `scripts/model/bench_hf_generate.py`.
 fn wanted(i: usize, new_tokens: usize, mixed: bool) -> usize {
@@ -30,21 +24,6 @@ fn wanted(i: usize, new_tokens: usize, mixed: bool) -> usize {
         (new_tokens * (1 + (i * 7) % 16) / 8).max(1)
     } else {
         new_tokens
-    }
-}
-
-/// User + system CPU seconds of the whole process (all threads), from /proc/self/stat.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    match (f.get(11), f.get(12)) {
-        (Some(u), Some(s)) => (u + s) / 100.0, // USER_HZ is 100 on Linux
-        _ => f64::NAN,
     }
 }
 
@@ -62,13 +41,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let new_tokens: usize = args[3].parse()?;
     let threads: i32 = args[4].parse()?;
     tch::set_num_threads(threads);
-    let mut model = Model::load_dir(
-        dir,
-        &LoadOptions {
-            dtype,
-            device: tch::Device::Cpu,
-        },
-    )?;
+    let device = parse_device(&std::env::var("SSPO_BENCH_DEVICE").unwrap_or("cpu".into()))?;
+    let mut model = Model::load_dir(dir, &LoadOptions { dtype, device })?;
     // What the inference operators do; `SSPO_BENCH_PLAIN=1` measures the unpacked weights.
     let packed = std::env::var("SSPO_BENCH_PLAIN").map_or(true, |v| v != "1")
         && model.decoder.pack_for_inference()?;
@@ -104,7 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "{}",
         serde_json::json!({
-            "impl": "sspo", "packed": packed, "mixed": mixed, "dtype": dtype.to_string(), "new_tokens": total, "seconds": (secs * 1000.0).round() / 1000.0,
+            "impl": "sspo", "device": sspo_model::runtime::device_name(device), "packed": packed, "mixed": mixed, "dtype": dtype.to_string(), "new_tokens": total, "seconds": (secs * 1000.0).round() / 1000.0,
             "tokens_per_s": (total as f64 / secs * 10.0).round() / 10.0,
             "cpu_seconds": (cpu * 100.0).round() / 100.0,
             "tokens_per_cpu_s": (total as f64 / cpu * 10.0).round() / 10.0,

@@ -130,7 +130,9 @@ pub fn check_dtype_supported(dtype: DType, device: Device) -> Result<()> {
     })
 }
 
-/// Loads libtorch's CUDA backend once, if the libtorch we were built against has one.
+/// Loads libtorch's CUDA backend once, if the libtorch in use has one: the directory named
+/// by the `SSPO_LIBTORCH_LIB` environment variable (for binaries run against another
+/// libtorch of the same version, through `LD_LIBRARY_PATH`), else the one built against.
 ///
 /// The binaries do not link `libtorch_cuda.so` (that would load every CUDA library at
 /// start-up, GPU or not); its static initialisers register the CUDA device with libtorch
@@ -138,10 +140,11 @@ pub fn check_dtype_supported(dtype: DType, device: Device) -> Result<()> {
 pub fn load_cuda_backend() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let Some(dir) = option_env!("SSPO_LIBTORCH_LIB") else {
+        let runtime = std::env::var_os("SSPO_LIBTORCH_LIB").map(std::path::PathBuf::from);
+        let Some(dir) = runtime.or_else(|| option_env!("SSPO_LIBTORCH_LIB").map(Into::into)) else {
             return;
         };
-        let path = std::path::Path::new(dir).join("libtorch_cuda.so");
+        let path = dir.join("libtorch_cuda.so");
         if !path.exists() {
             return;
         }
