@@ -109,10 +109,9 @@ where
 /// node (and every run) that names the same built-in model gets the same weights, and the
 /// model's identity in fingerprints (name and options) fully determines them.
 pub fn builtin_seed(name: &str) -> u64 {
-    let h = blake3::hash(format!("sspo builtin model {name}").as_bytes());
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&h.as_bytes()[..8]);
-    u64::from_le_bytes(b)
+    sspo_common::rng::blake3_u64(&blake3::hash(
+        format!("sspo builtin model {name}").as_bytes(),
+    ))
 }
 
 fn choose_dtype(model: &ModelRef, dev: Device) -> Result<DType, OpError> {
