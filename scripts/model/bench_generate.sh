@@ -7,12 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 THREADS="${1:-2}"
 REPEATS="${2:-1}"
-PY="${SSPO_PYTHON:-$PWD/.venv/bin/python}"
-export VIRTUAL_ENV="${VIRTUAL_ENV:-$PWD/.venv}" PATH="$PWD/.venv/bin:$PATH" LIBTORCH_USE_PYTORCH=1
-export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
-TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --release -p sspo-model --example bench_generate >&2
-BIN="$TARGET/release/examples/bench_generate"
+source scripts/model/example_env.sh
+build_example bench_generate
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 # shape batch new_tokens fixed|mixed dtype
