@@ -5,6 +5,9 @@
 //! line with new tokens/s and peak RSS. `mixed`: prompt `i` wants `wanted(i)` tokens (between
 //! NEW_TOKENS/8 and 2*NEW_TOKENS), as when requests hit eos at different points.
 //! `SSPO_BENCH_DEVICE` names the device (default `cpu`; `cuda` for the GPU check).
+//! `SSPO_BENCH_MODEL` loads another model (a GGUF file or an HF directory) for DIR's prompts.
+//! `SSPO_PROFILE=1` adds the time per stage (prefill, decode, attention, mlp, lm_head,
+//! sampling) to the line; see `sspo_model::profile`.
 
 #[path = "support/proc_stats.rs"]
 mod proc_stats;
@@ -42,7 +45,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let threads: i32 = args[4].parse()?;
     tch::set_num_threads(threads);
     let device = parse_device(&std::env::var("SSPO_BENCH_DEVICE").unwrap_or("cpu".into()))?;
-    let mut model = Model::load_dir(dir, &LoadOptions { dtype, device })?;
+    // `SSPO_BENCH_MODEL=FILE.gguf` (or an HF directory) runs that model on DIR's prompts.
+    let opts = LoadOptions { dtype, device };
+    let mut model = match std::env::var("SSPO_BENCH_MODEL") {
+        Ok(m) if m.ends_with(".gguf") => Model::load_gguf(Path::new(&m), &opts)?,
+        Ok(m) => Model::load_dir(Path::new(&m), &opts)?,
+        Err(_) => Model::load_dir(dir, &opts)?,
+    };
     // What the inference operators do; `SSPO_BENCH_PLAIN=1` measures the unpacked weights.
     let packed = std::env::var("SSPO_BENCH_PLAIN").map_or(true, |v| v != "1")
         && model.decoder.pack_for_inference()?;
@@ -64,6 +73,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     );
     gen.generate(&[request(&prompts[0], 4)])?;
+    // `SSPO_PROFILE=1`: the stage totals of the timed run only.
+    let _ = sspo_model::profile::take_report();
     let requests: Vec<GenerationRequest> = prompts
         .iter()
         .enumerate()
@@ -83,6 +94,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "cpu_seconds": (cpu * 100.0).round() / 100.0,
             "tokens_per_cpu_s": (total as f64 / cpu * 10.0).round() / 10.0,
             "peak_rss_mb": (peak_rss_mb() * 10.0).round() / 10.0,
+            "profile": sspo_model::profile::take_report_json(),
         })
     );
     Ok(())

@@ -10,6 +10,7 @@ use crate::cache::KvCache;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::packed::PackedWeight;
+use crate::profile;
 use crate::rope;
 use crate::runtime::{check_dtype_supported, DType};
 use crate::sampling::Rng;
@@ -378,8 +379,54 @@ impl Decoder {
                 .f_view([1, 1, l, total])?;
             unmask_empty_rows(&causal.f_logical_and(&keys)?)?
         };
-        let positions = positions.f_to_device(device)?.f_to_kind(Kind::Int64)?;
-        let out = self.run_layers(tokens, &positions, &mask, Some(cache));
+        self.run_cached(tokens, positions, &mask, cache, l)
+    }
+
+    /// Appends `tokens` `[batch, len]` to `cache` like [`Decoder::forward_cached`], with an
+    /// explicit boolean `mask` `[batch, len, cache.len() + len]` (true = may attend) over the
+    /// cached and the new columns instead of the validity rule. For rows that hold several
+    /// continuations of one prefix side by side (the probe blocks of a trace), which must
+    /// not see each other. The new columns are recorded as valid; a caller that mixes this
+    /// with [`Decoder::forward_cached`] on one cache keeps track of what they hold itself.
+    pub fn forward_cached_masked(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (b, l) = self.check_tokens(tokens)?;
+        if cache.batch() != b {
+            return Err(ModelError::Input(format!(
+                "cache holds {} rows but tokens have {b}",
+                cache.batch()
+            )));
+        }
+        expect_shape("positions", positions, &[b, l])?;
+        expect_shape("attention mask", mask, &[b, l, cache.len() + l])?;
+        let device = self.device();
+        cache.push_valid(&Tensor::f_ones([b, l], (Kind::Bool, device))?)?;
+        let mask = mask
+            .f_to_device(device)?
+            .f_to_kind(Kind::Bool)?
+            .f_unsqueeze(1)?;
+        let mask = unmask_empty_rows(&mask)?;
+        self.run_cached(tokens, positions, &mask, cache, l)
+    }
+
+    /// The layers over `tokens` appended to `cache`, which then counts them as filled.
+    fn run_cached(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        mask: &Tensor,
+        cache: &mut KvCache,
+        l: i64,
+    ) -> Result<Tensor> {
+        let positions = positions
+            .f_to_device(self.device())?
+            .f_to_kind(Kind::Int64)?;
+        let out = self.run_layers(tokens, &positions, mask, Some(cache));
         if out.is_ok() {
             cache.advance(l);
         }
@@ -388,6 +435,7 @@ impl Decoder {
 
     /// Float32 logits for hidden states of any leading shape `[..., hidden]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let _t = profile::scope("lm_head", self.device());
         Ok(self.lm_head.forward(hidden)?.f_to_kind(Kind::Float)?)
     }
 
@@ -432,9 +480,13 @@ impl Decoder {
         let (cos, sin) = rope::cos_sin(&self.inv_freq, positions, self.dtype.kind())?;
         for (idx, layer) in self.layers.iter().enumerate() {
             let h = self.rms_norm(&x, &layer.input_norm)?;
-            let a = self.attention(layer, idx, &h, &cos, &sin, mask, cache.as_deref_mut())?;
+            let a = {
+                let _t = profile::scope("attention", device);
+                self.attention(layer, idx, &h, &cos, &sin, mask, cache.as_deref_mut())?
+            };
             x = x.f_add(&a)?;
             let h = self.rms_norm(&x, &layer.post_norm)?;
+            let _t = profile::scope("mlp", device);
             let g = layer.gate.forward(&h)?.f_silu()?;
             let m = layer.down.forward(&g.f_mul(&layer.up.forward(&h)?)?)?;
             x = x.f_add(&m)?;
@@ -470,15 +522,23 @@ impl Decoder {
         };
         let groups = c.gqa_groups();
         let kv = c.num_key_value_heads;
+        // How the `groups` query heads that share a kv head meet it, chosen per input length
+        // (measured on CPU, see docs/benchmarks.md "Attention over grouped heads"): copying
+        // keys/values per query head costs a whole cache copy per layer, which only pays off
+        // for long inputs, where SDPA's own grouped path is slower.
+        let mut grouped = false;
         let (q, k, v) = if groups == 1 {
             (q, k, v)
         } else if l == 1 {
-            // Decoding: fold the `groups` query heads that share a kv head into the query axis,
-            // `[b, kv, groups, d]`, so the cached keys/values are not copied every step (the
+            // Decoding: fold the query heads into the query axis, `[b, kv, groups, d]` (the
             // `[b, 1, 1, t]` mask broadcasts over the folded rows).
             (q.f_reshape([b, kv, groups, c.head_dim])?, k, v)
+        } else if l <= GROUPED_SDPA_MAX_LEN {
+            // A few new tokens over a cache (probe blocks, early answers): SDPA reads each
+            // kv head for its group of query heads.
+            grouped = true;
+            (q, k, v)
         } else {
-            // Longer inputs: repeat keys/values (folding would need a `groups`-times larger mask).
             (
                 q,
                 k.f_repeat_interleave_self_int(groups, 1, None)?,
@@ -494,7 +554,7 @@ impl Decoder {
             0.0,
             false,
             scale,
-            false,
+            grouped,
         )?
         .f_reshape([b, c.num_attention_heads, l, c.head_dim])?;
         let o = o
@@ -526,6 +586,10 @@ impl Decoder {
         v
     }
 }
+
+/// Longest input (new tokens per row) for which attention uses SDPA's grouped-query path
+/// instead of repeating keys and values per query head.
+const GROUPED_SDPA_MAX_LEN: i64 = 64;
 
 #[derive(Clone, Copy)]
 enum Fill {

@@ -9,6 +9,7 @@ use tch::{Kind, Tensor};
 use crate::cache::KvCache;
 use crate::decoder::Decoder;
 use crate::error::{ModelError, Result};
+use crate::profile;
 use crate::sampling::{sample, Rng};
 use crate::tokenizer::{IncrementalDecoder, TextTokenizer};
 
@@ -246,6 +247,7 @@ impl<'a> Generator<'a> {
         requests: &[GenerationRequest],
         admitted: &[usize],
     ) -> Result<(KvCache, Tensor)> {
+        let _t = profile::scope("prefill", self.decoder.device());
         let n = admitted.len() as i64;
         let max_len = admitted
             .iter()
@@ -288,6 +290,7 @@ impl<'a> Generator<'a> {
 
     /// One decoding step for every slot; returns `[batch, vocab]` logits on the CPU.
     fn step(&self, slots: &[Slot], cache: &mut KvCache) -> Result<Tensor> {
+        let _t = profile::scope("decode", self.decoder.device());
         let b = slots.len() as i64;
         let last: Vec<i64> = slots
             .iter()
@@ -320,6 +323,7 @@ impl<'a> Generator<'a> {
         slots: &mut [Slot],
         logits: &Tensor,
     ) -> Result<()> {
+        let _t = profile::scope("sampling", tch::Device::Cpu);
         let vocab = logits.size()[1] as usize;
         let flat = Vec::<f32>::try_from(&logits.f_contiguous()?.f_view([-1])?)?;
         for (row, slot) in slots.iter_mut().enumerate() {

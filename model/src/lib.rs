@@ -20,6 +20,7 @@ pub mod gguf;
 pub mod hub_dir;
 pub mod logits;
 pub mod packed;
+pub mod profile;
 mod rope;
 pub mod runtime;
 pub mod sampling;

@@ -1,5 +1,5 @@
-//! Forward-pass invariants: padding, KV cache and packed custom masks all reproduce plain
-//! causal forwards of the individual sequences.
+//! Forward-pass invariants: padding, KV cache, packed custom masks and masked cached blocks
+//! all reproduce plain causal forwards of the individual sequences.
 
 mod common;
 
@@ -188,5 +188,92 @@ fn reduced_precision_runs_close_to_fp32() {
             // A device without this dtype must say so clearly instead of crashing.
             Err(e) => assert!(e.to_string().contains("not supported"), "{e}"),
         }
+    }
+}
+
+/// Two continuations of different prefixes of one cached trace, side by side in one row,
+/// then one more token for the first: an explicit mask over the cache gives each exactly
+/// the causal forward of its own sequence.
+#[test]
+fn masked_cached_blocks_equal_separate_forwards() {
+    for d in decoders() {
+        let trace = seq(10, 4);
+        let (b1, c1) = (6usize, seq(3, 8));
+        let (b2, c2) = (10usize, seq(4, 9));
+        let mut cache = d.new_cache(1, 4).unwrap();
+        // Columns: trace 0..10, c1 10..13, c2 13..17; then the extra token at 17.
+        let total = trace.len() + c1.len() + c2.len();
+        let mut mask = vec![false; total * total];
+        for q in 0..trace.len() {
+            (0..=q).for_each(|k| mask[q * total + k] = true);
+        }
+        let blocks = [(b1, 10usize, c1.len()), (b2, 13, c2.len())];
+        for &(b, start, len) in &blocks {
+            for q in start..start + len {
+                (0..b).for_each(|k| mask[q * total + k] = true);
+                (start..=q).for_each(|k| mask[q * total + k] = true);
+            }
+        }
+        let mut tokens = trace.clone();
+        tokens.extend(&c1);
+        tokens.extend(&c2);
+        let mut positions: Vec<i64> = (0..10).collect();
+        positions.extend((0..3).map(|j| (b1 + j) as i64));
+        positions.extend((0..4).map(|j| (b2 + j) as i64));
+        let n = total as i64;
+        let (logits, extra) = tch::no_grad(|| {
+            let h = d
+                .forward_cached_masked(
+                    &Tensor::from_slice(&tokens).view([1, n]),
+                    &Tensor::from_slice(&positions).view([1, n]),
+                    &Tensor::from_slice(&mask).view([1, n, n]),
+                    &mut cache,
+                )
+                .unwrap();
+            let logits = d.logits(&h).unwrap().squeeze_dim(0);
+            // One more token after c1: sees trace[..b1] and c1 (columns 10..13) and itself.
+            let mut m = vec![false; total + 1];
+            (0..b1)
+                .chain(10..13)
+                .chain([total])
+                .for_each(|k| m[k] = true);
+            let h = d
+                .forward_cached_masked(
+                    &Tensor::from_slice(&[5i64]).view([1, 1]),
+                    &Tensor::from_slice(&[(b1 + 3) as i64]).view([1, 1]),
+                    &Tensor::from_slice(&m).view([1, 1, n + 1]),
+                    &mut cache,
+                )
+                .unwrap();
+            (logits, d.logits(&h).unwrap().squeeze_dim(0))
+        });
+        assert_eq!(cache.len(), n + 1);
+        let want = causal_logits(&d, &trace);
+        let got = logits.narrow(0, 0, 10);
+        assert!(max_abs_diff(&tensor_to_vec(&got), &tensor_to_vec(&want)) < 1e-4);
+        for (&(b, start, len), c) in blocks.iter().zip([&c1, &c2]) {
+            let mut ids = trace[..b].to_vec();
+            ids.extend(c);
+            let want = causal_logits(&d, &ids).narrow(0, b as i64, len as i64);
+            let got = logits.narrow(0, start as i64, len as i64);
+            let diff = max_abs_diff(&tensor_to_vec(&got), &tensor_to_vec(&want));
+            assert!(diff < 1e-4, "block at {b}: {diff}");
+        }
+        let mut ids = trace[..b1].to_vec();
+        ids.extend(&c1);
+        ids.push(5);
+        let want = causal_logits(&d, &ids).narrow(0, ids.len() as i64 - 1, 1);
+        let diff = max_abs_diff(&tensor_to_vec(&extra), &tensor_to_vec(&want));
+        assert!(diff < 1e-4, "extension: {diff}");
+        // A mask of the wrong width is refused.
+        let bad = tch::no_grad(|| {
+            d.forward_cached_masked(
+                &Tensor::from_slice(&[5i64]).view([1, 1]),
+                &Tensor::from_slice(&[0i64]).view([1, 1]),
+                &Tensor::ones([1, 1, 3], (Kind::Bool, Device::Cpu)),
+                &mut cache,
+            )
+        });
+        assert!(bad.is_err());
     }
 }

@@ -1,13 +1,15 @@
-//! Packed vs naive step-boundary probing on a built-in model with random weights.
+//! Cached vs naive step-boundary probing on a built-in model with random weights, or on a
+//! model file.
 //!
 //! ```sh
 //! cargo run --release -p sspo-operators --example bench_probe -- \
-//!     [--model tiny-synth] [--traces 8] [--steps 12] [--threads 1] [--repeats 3] [--out DIR]
+//!     [--model tiny-synth|PATH.gguf|HF_DIR] [--traces 8] [--steps 12] [--threads 1] \
+//!     [--repeats 3] [--batch-tokens 8192] [--out DIR]
 //! ```
 //!
-//! For each probe kind, every boundary of every trace is probed once packed (one forward
-//! pass per trace) and once naively (one forward pass per boundary); the two must give the
-//! same numbers. Prints one JSON line per kind. With `--out DIR` the model is saved there
+//! For each probe kind, every boundary of every trace is probed once cached (the traces
+//! batched, each trace's keys and values computed once) and once naively (one forward
+//! pass per boundary and early token); the two must give the same numbers. Prints one JSON line per kind. With `--out DIR` the model is saved there
 //! (`Model::save_dir`) with `traces.json` (token ids, boundaries, probe tokens and our
 //! values) for `scripts/bench/probe_hf.py`.
 
@@ -16,10 +18,10 @@ use std::time::Instant;
 use serde_json::json;
 use sspo_engine::{ModelRef, ModelSource};
 use sspo_model::Model;
-use sspo_operators::model_port::load_model;
+use sspo_operators::model_port::load_inference_model;
 use sspo_operators::probe::{
-    answer_continuation, probe_trace, trace_tokens, BoundaryProbe, Packing, ProbeKind, ProbeParams,
-    ProbeSetup, TraceTokens, DEFAULT_QUESTION, DEFAULT_TRIGGER,
+    answer_continuation, probe_traces, trace_tokens, BoundaryProbe, Packing, ProbeKind,
+    ProbeParams, ProbeSetup, TraceInput, TraceTokens, DEFAULT_QUESTION, DEFAULT_TRIGGER,
 };
 use sspo_operators::tasks::synth::PROBE_QUESTION;
 
@@ -29,6 +31,7 @@ struct Args {
     steps: usize,
     threads: i32,
     repeats: usize,
+    batch_tokens: usize,
     out: Option<std::path::PathBuf>,
 }
 
@@ -39,6 +42,7 @@ fn parse_args() -> Args {
         steps: 12,
         threads: 1,
         repeats: 3,
+        batch_tokens: 8192,
         out: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -51,6 +55,7 @@ fn parse_args() -> Args {
             "--steps" => a.steps = v.parse().expect("--steps N"),
             "--threads" => a.threads = v.parse().expect("--threads N"),
             "--repeats" => a.repeats = v.parse().expect("--repeats N"),
+            "--batch-tokens" => a.batch_tokens = v.parse().expect("--batch-tokens N"),
             "--out" => a.out = Some(v.into()),
             other => panic!("unknown argument {other}"),
         }
@@ -105,13 +110,15 @@ fn run_all(
     cases: &[Case],
     packing: Packing,
 ) -> Vec<Vec<BoundaryProbe>> {
-    cases
+    let inputs: Vec<TraceInput<'_>> = cases
         .iter()
-        .map(|c| {
-            let ans = (setup.kind == ProbeKind::Answer).then_some(c.answer_ids.as_slice());
-            probe_trace(model, setup, &c.tt.ids, &c.tt.boundaries, ans, packing).expect("probe")
+        .map(|c| TraceInput {
+            ids: &c.tt.ids,
+            boundaries: &c.tt.boundaries,
+            answer: (setup.kind == ProbeKind::Answer).then_some(c.answer_ids.as_slice()),
         })
-        .collect()
+        .collect();
+    probe_traces(model, setup, &inputs, packing).expect("probe")
 }
 
 fn max_diff(a: &[Vec<BoundaryProbe>], b: &[Vec<BoundaryProbe>]) -> (f64, bool) {
@@ -136,10 +143,19 @@ fn max_diff(a: &[Vec<BoundaryProbe>], b: &[Vec<BoundaryProbe>]) -> (f64, bool) {
 fn main() {
     let args = parse_args();
     tch::set_num_threads(args.threads);
-    let model = load_model(
+    // A built-in name, or a path: a GGUF file or an HF directory.
+    let path = std::path::Path::new(&args.model);
+    let source = if ModelSource::is_gguf_path(path) {
+        ModelSource::Gguf(path.into())
+    } else if path.is_dir() {
+        ModelSource::Dir(path.into())
+    } else {
+        ModelSource::Builtin(args.model.clone())
+    };
+    let model = load_inference_model(
         &ModelRef {
             name: args.model.clone(),
-            source: ModelSource::Builtin(args.model.clone()),
+            source,
             options: Default::default(),
             identity: String::new(),
         },
@@ -180,23 +196,29 @@ fn main() {
             },
         )
         .expect("setup");
-        let packing = Packing::Packed {
-            max_tokens: 1 << 16,
+        let packing = Packing::Cached {
+            max_batch_tokens: args.batch_tokens,
         };
         // Warm-up.
         let _ = run_all(&model, &setup, &cases[..1], packing);
         let _ = run_all(&model, &setup, &cases[..1], Packing::Naive);
+        let _ = sspo_model::profile::take_report();
         let (mut tp, mut tn) = (Vec::new(), Vec::new());
-        let (mut packed, mut naive) = (Vec::new(), Vec::new());
+        let (mut cached, mut naive) = (Vec::new(), Vec::new());
+        // `SSPO_PROFILE=1`: the stages of the first cached repeat.
+        let mut profile = None;
         for _ in 0..args.repeats.max(1) {
             let t = Instant::now();
-            packed = run_all(&model, &setup, &cases, packing);
+            cached = run_all(&model, &setup, &cases, packing);
             tp.push(t.elapsed().as_secs_f64());
+            if profile.is_none() {
+                profile = Some(sspo_model::profile::take_report_json());
+            }
             let t = Instant::now();
             naive = run_all(&model, &setup, &cases, Packing::Naive);
             tn.push(t.elapsed().as_secs_f64());
         }
-        let (diff, same_early) = max_diff(&packed, &naive);
+        let (diff, same_early) = max_diff(&cached, &naive);
         let probes: usize = cases.iter().map(|c| c.tt.boundaries.len()).sum();
         let (p, n) = (median(tp), median(tn));
         println!(
@@ -204,18 +226,19 @@ fn main() {
             json!({
                 "impl": "sspo", "model": args.model, "kind": name, "traces": cases.len(),
                 "steps": args.steps, "probes": probes, "mean_trace_tokens": mean_tokens,
-                "threads": args.threads, "packed_s": p, "naive_s": n, "speedup": n / p,
+                "threads": args.threads, "cached_s": p, "naive_s": n, "speedup": n / p,
                 "max_abs_diff": diff, "same_early_answers": same_early,
+                "profile": profile,
             })
         );
         if early == 0 {
-            let values: Vec<Vec<Option<f64>>> = packed
+            let values: Vec<Vec<Option<f64>>> = cached
                 .iter()
                 .map(|t| t.iter().map(BoundaryProbe::value).collect())
                 .collect();
             dump.push(json!({
                 "kind": name, "suffix": setup.suffix, "yes": setup.yes, "no": setup.no,
-                "values": values, "packed_s": p, "naive_s": n,
+                "values": values, "cached_s": p, "naive_s": n,
             }));
         }
     }

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Step-boundary probing with HF transformers, for comparison with sspo's packed probing.
+"""Step-boundary probing with HF transformers, for comparison with sspo's cached probing.
 
 Usage:
     python scripts/bench/probe_hf.py DIR [--threads 1] [--repeats 3]
 
 DIR is written by `cargo run --release -p sspo-operators --example bench_probe -- --out DIR`:
 the random model (`Model::save_dir`) and `traces.json` (token ids, probe boundaries, probe
-tokens and sspo's packed values). For every probe kind this script probes every boundary of
+tokens and sspo's cached values). For every probe kind this script probes every boundary of
 every trace two ways:
 
 * `naive`: one forward pass per boundary over `ids[:b] + suffix (+ answer)`;
@@ -109,7 +109,7 @@ def main():
                         "probes": len(vals),
                         "threads": args.threads,
                         "seconds": statistics.median(times),
-                        "sspo_packed_s": spec["packed_s"],
+                        "sspo_cached_s": spec["cached_s"],
                         "sspo_naive_s": spec["naive_s"],
                         "max_abs_diff_vs_sspo": diff,
                     }

@@ -8,21 +8,25 @@
 //!   `V_k = exp(mean log π(a* tokens | ...))`, teacher-forced and length-normalised, plus the
 //!   greedy early-exit answer and whether it is correct.
 //!
-//! All `K + 1` probes of a trace run in one packed forward pass: the trace tokens with a
-//! causal mask, then one block per boundary that attends to the trace before its boundary
-//! and causally to itself, with positions continuing from the boundary. The greedy early
-//! answer extends those blocks one token per pass. [`Packing::Naive`] (one forward per
-//! boundary) gives the same numbers and exists for tests and benchmarks.
+//! The traces of a chunk are probed in batches. One forward pass computes each trace's
+//! keys and values once and, beside them, one block per boundary that attends to the
+//! trace before its boundary and causally to itself, with positions continuing from the
+//! boundary. The greedy early answers then grow from the cache, one token per open block
+//! per pass. [`Packing::Naive`] (one forward per boundary and token) gives the same
+//! numbers and exists for tests and benchmarks.
 //!
-//! Layout: `params` (the keys), `setup` (the probe's tokens), `packed` (the forward
-//! passes), `trace` (every boundary of one trace), `early` (the early-exit answer),
+//! Layout: `params` (the keys), `setup` (the probe's tokens), `passes` (the interface of
+//! the forward passes), `cached` and `naive` (its two implementations), `trace` (the
+//! blocks and the early answers of a batch of traces), `early` (the early-exit answer),
 //! `inputs` and `output` (the tables); this file is the operator.
 
+mod cached;
 mod early;
 mod inputs;
+mod naive;
 mod output;
-mod packed;
 mod params;
+mod passes;
 mod setup;
 mod trace;
 
@@ -47,10 +51,10 @@ pub use crate::step_tokens::{trace_tokens, TraceTokens};
 pub use early::{cut_early_answer, early_is_correct};
 use inputs::{RolloutColumns, StepIndex};
 use output::ProbeBuilder;
-pub use packed::Packing;
 pub use params::{ProbeKind, ProbeParams, DEFAULT_QUESTION, DEFAULT_TRIGGER};
+pub use passes::Packing;
 pub use setup::{answer_continuation, ProbeSetup};
-pub use trace::{probe_trace, BoundaryProbe};
+pub use trace::{probe_trace, probe_traces, BoundaryProbe, TraceInput};
 
 /// The `probe` operator.
 pub struct Probe;
@@ -99,8 +103,8 @@ impl Operator for Probe {
     ) -> Result<Arc<dyn NodeKernel>, Diagnostics> {
         let p: ProbeParams = params.parse()?;
         p.check(params).into_result()?;
-        // `max_packed_tokens` changes how the work is split, not the values.
-        let fingerprint = params.fingerprint_json(&p, &["max_packed_tokens"])?;
+        // `max_batch_tokens` changes how the work is split, not the values.
+        let fingerprint = params.fingerprint_json(&p, &["max_batch_tokens"])?;
         Ok(Arc::new(ProbeKernel {
             params: p,
             fingerprint,
@@ -224,6 +228,14 @@ impl Rate {
     }
 }
 
+/// A rollout ready to probe.
+struct Prepared<'a> {
+    key: &'a str,
+    tt: TraceTokens,
+    answer_ids: Option<Vec<i64>>,
+    reference: Option<String>,
+}
+
 struct ProbeChunk {
     batch: RecordBatch,
     traces: u64,
@@ -245,7 +257,8 @@ impl ProbeKernel {
         let p = &self.params;
         let max_pos = model.decoder.config().max_position_embeddings as usize;
         let mut b = ProbeBuilder::default();
-        let (mut traces, mut too_long, mut missing_keys, mut empty_contexts) = (0, 0, 0, 0);
+        let (mut too_long, mut missing_keys, mut empty_contexts) = (0, 0, 0);
+        let mut prepared: Vec<Prepared<'_>> = Vec::new();
         for i in range {
             let Some(k) = cell(&input.key, i) else {
                 missing_keys += 1;
@@ -283,18 +296,34 @@ impl ProbeKernel {
                 too_long += 1;
                 continue;
             }
-            let probes = probe_trace(
-                model,
-                setup,
-                &tt.ids,
-                &tt.boundaries,
-                answer_ids.as_deref(),
-                Packing::Packed {
-                    max_tokens: p.max_packed_tokens,
-                },
-            )
-            .map_err(|e| OpError::context(format!("rollout `{k}`: probing failed"), e))?;
-            traces += 1;
+            prepared.push(Prepared {
+                key: k,
+                tt,
+                answer_ids,
+                reference,
+            });
+        }
+        let inputs: Vec<TraceInput<'_>> = prepared
+            .iter()
+            .map(|t| TraceInput {
+                ids: &t.tt.ids,
+                boundaries: &t.tt.boundaries,
+                answer: t.answer_ids.as_deref(),
+            })
+            .collect();
+        let packing = Packing::Cached {
+            max_batch_tokens: p.max_batch_tokens,
+        };
+        let probed = probe_traces(model, setup, &inputs, packing).map_err(|e| {
+            let (first, last) = match (prepared.first(), prepared.last()) {
+                (Some(a), Some(b)) => (a.key, b.key),
+                _ => ("", ""),
+            };
+            OpError::context(format!("probing rollouts `{first}` to `{last}` failed"), e)
+        })?;
+        let traces = prepared.len() as u64;
+        for (t, probes) in prepared.iter().zip(&probed) {
+            let k = t.key;
             for (step, probe) in probes.iter().enumerate() {
                 let early = (setup.kind == ProbeKind::Answer && setup.early_tokens > 0)
                     .then(|| -> Result<String, OpError> {
@@ -310,7 +339,7 @@ impl ProbeKernel {
                         Ok(cut_early_answer(&text).0)
                     })
                     .transpose()?;
-                let early_correct = match (&early, &reference) {
+                let early_correct = match (&early, &t.reference) {
                     (Some(e), Some(r)) => Some(early_is_correct(&p.answer_format, e, r)),
                     _ => None,
                 };

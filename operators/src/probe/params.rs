@@ -49,9 +49,11 @@ pub struct ProbeParams {
     pub chat_template: bool,
     /// Rollouts per committed chunk.
     pub chunk_rows: usize,
-    /// Most tokens in one packed forward pass; a trace whose probes need more is probed
-    /// in several passes (each with the trace up to its last boundary).
-    pub max_packed_tokens: usize,
+    /// Most cache columns in one batch of traces, summed over its rows (a row = a trace
+    /// to its last boundary, its blocks and room for the early answers): bounds the
+    /// probe's memory. A trace that needs more is probed alone.
+    #[serde(alias = "max_packed_tokens")]
+    pub max_batch_tokens: usize,
 }
 
 impl Default for ProbeParams {
@@ -67,7 +69,7 @@ impl Default for ProbeParams {
             prompt_template: "{prompt}".into(),
             chat_template: false,
             chunk_rows: 16,
-            max_packed_tokens: 4096,
+            max_batch_tokens: 8192,
         }
     }
 }
@@ -91,10 +93,10 @@ impl ProbeParams {
         if self.chunk_rows == 0 {
             d.push(params.error(&["chunk_rows"], "`chunk_rows` must be at least 1"));
         }
-        if self.max_packed_tokens == 0 {
+        if self.max_batch_tokens == 0 {
             d.push(params.error(
-                &["max_packed_tokens"],
-                "`max_packed_tokens` must be at least 1",
+                &["max_batch_tokens"],
+                "`max_batch_tokens` must be at least 1",
             ));
         }
         d

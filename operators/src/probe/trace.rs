@@ -1,11 +1,13 @@
-//! Probing every boundary of one trace: the values, then the greedy early answers one
-//! token per pass.
+//! Probing every boundary of a batch of traces: the values, then the greedy early
+//! answers one token per pass, over either kind of [`Passes`].
 
-use sspo_model::{Model, ModelError};
+use sspo_model::{profile, Model, ModelError};
 
+use super::cached::CachedPasses;
 use super::early::cut_early_answer;
-use super::packed::{run_blocks, Block, Packing, Read};
+use super::naive::NaivePasses;
 use super::params::ProbeKind;
+use super::passes::{Block, Extend, Packing, Passes, Read};
 use super::setup::ProbeSetup;
 
 /// What one boundary's probe gives.
@@ -32,8 +34,18 @@ impl BoundaryProbe {
     }
 }
 
-/// Probes every boundary of one trace. `answer` (answer kind) is the tokenised answer
-/// continuation (see [`answer_continuation`]); every boundary must be ≥ 1.
+/// One trace to probe: its tokens, its boundaries (each in `1..=ids.len()`) and, for the
+/// answer kind, the tokenised answer continuation (see [`answer_continuation`]).
+///
+/// [`answer_continuation`]: super::answer_continuation
+#[derive(Debug, Clone, Copy)]
+pub struct TraceInput<'a> {
+    pub ids: &'a [i64],
+    pub boundaries: &'a [usize],
+    pub answer: Option<&'a [i64]>,
+}
+
+/// Probes every boundary of one trace (see [`probe_traces`]).
 pub fn probe_trace(
     model: &Model,
     setup: &ProbeSetup,
@@ -42,29 +54,91 @@ pub fn probe_trace(
     answer: Option<&[i64]>,
     packing: Packing,
 ) -> Result<Vec<BoundaryProbe>, ModelError> {
-    if let Some(b) = boundaries.iter().find(|&&b| b == 0 || b > trace.len()) {
-        return Err(ModelError::Input(format!(
-            "probe boundary {b} outside 1..={}",
-            trace.len()
-        )));
-    }
-    tch::no_grad(|| probe_trace_inner(model, setup, trace, boundaries, answer, packing))
+    let input = TraceInput {
+        ids: trace,
+        boundaries,
+        answer,
+    };
+    Ok(probe_traces(model, setup, &[input], packing)?
+        .pop()
+        .unwrap_or_default())
 }
 
-fn probe_trace_inner(
+/// Probes every boundary of every trace; the result is in input order. With
+/// [`Packing::Cached`] the traces are batched by length within the token budget.
+pub fn probe_traces(
     model: &Model,
     setup: &ProbeSetup,
-    trace: &[i64],
-    boundaries: &[usize],
-    answer: Option<&[i64]>,
+    traces: &[TraceInput<'_>],
     packing: Packing,
-) -> Result<Vec<BoundaryProbe>, ModelError> {
+) -> Result<Vec<Vec<BoundaryProbe>>, ModelError> {
+    for t in traces {
+        if let Some(b) = t.boundaries.iter().find(|&&b| b == 0 || b > t.ids.len()) {
+            return Err(ModelError::Input(format!(
+                "probe boundary {b} outside 1..={}",
+                t.ids.len()
+            )));
+        }
+    }
+    tch::no_grad(|| match packing {
+        Packing::Naive => {
+            let ids = traces.iter().map(|t| t.ids).collect();
+            probe_batch(model, setup, traces, &mut NaivePasses::new(model, ids))
+        }
+        Packing::Cached { max_batch_tokens } => {
+            let mut out = vec![Vec::new(); traces.len()];
+            for group in batches(setup, traces, max_batch_tokens) {
+                let batch: Vec<TraceInput<'_>> = group.iter().map(|&i| traces[i]).collect();
+                let ids = batch.iter().map(|t| t.ids).collect();
+                let mut passes = CachedPasses::new(model, ids, setup.early_tokens);
+                let probes = probe_batch(model, setup, &batch, &mut passes)?;
+                for (i, p) in group.into_iter().zip(probes) {
+                    out[i] = p;
+                }
+            }
+            Ok(out)
+        }
+    })
+}
+
+/// Cache columns a trace's row needs: the trace to its last boundary, every block, and
+/// room for the early answers.
+fn row_columns(setup: &ProbeSetup, t: &TraceInput<'_>) -> usize {
+    let end = t.boundaries.iter().max().copied().unwrap_or(0);
+    let block = setup.suffix.len() + t.answer.map_or(0, <[i64]>::len);
+    end + t.boundaries.len() * (block + setup.early_tokens)
+}
+
+/// Batches of trace indices, similar lengths together (less padding), each within
+/// `budget` cache columns over its rows (a trace over budget gets a batch alone).
+fn batches(setup: &ProbeSetup, traces: &[TraceInput<'_>], budget: usize) -> Vec<Vec<usize>> {
+    let cols: Vec<usize> = traces.iter().map(|t| row_columns(setup, t)).collect();
+    let mut order: Vec<usize> = (0..traces.len()).collect();
+    order.sort_by_key(|&i| cols[i]);
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    for i in order {
+        // Sorted ascending: the newest trace is the widest row of the batch.
+        if !current.is_empty() && (current.len() + 1) * cols[i] > budget {
+            out.push(std::mem::take(&mut current));
+        }
+        current.push(i);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// The blocks of one trace: per boundary, the suffix and (answer kind) the teacher-forced
+/// answer, with the reads of the values and the first early-answer token.
+fn trace_blocks(setup: &ProbeSetup, t: &TraceInput<'_>) -> Vec<Block> {
     let s = setup.suffix.len();
-    let mut out = vec![BoundaryProbe::default(); boundaries.len()];
-    let answer = answer.filter(|a| !a.is_empty() && setup.kind == ProbeKind::Answer);
-    // Pass 0: the values, and the first greedy token of the early answer.
+    let answer = t
+        .answer
+        .filter(|a| !a.is_empty() && setup.kind == ProbeKind::Answer);
     let want_early = setup.kind == ProbeKind::Answer && setup.early_tokens > 0;
-    let blocks: Vec<Block> = boundaries
+    t.boundaries
         .iter()
         .map(|&b| {
             let mut tokens = setup.suffix.clone();
@@ -86,10 +160,10 @@ fn probe_trace_inner(
                         });
                     }
                     if let Some(a) = answer {
-                        for (j, &t) in a.iter().enumerate() {
+                        for (j, &tok) in a.iter().enumerate() {
                             reads.push(Read::Target {
                                 point: s + j,
-                                token: t,
+                                token: tok,
                             });
                         }
                         tokens.extend(a);
@@ -99,72 +173,87 @@ fn probe_trace_inner(
             Block {
                 boundary: b,
                 tokens,
+                shared: s,
                 reads,
             }
         })
-        .collect();
-    let results = run_blocks(model, trace, &blocks, packing)?;
-    let eos: Vec<i64> = setup.eos.clone();
-    // Unfinished early answers: (boundary index).
-    let mut open: Vec<usize> = Vec::new();
-    for (k, res) in results.into_iter().enumerate() {
-        let mut it = res.into_iter();
-        match setup.kind {
-            ProbeKind::Verbal => {
-                if let Some((lp, _)) = it.next() {
-                    let ny = setup.yes.len();
-                    let p = |v: &[f32]| v.iter().map(|&x| (x as f64).exp()).sum::<f64>();
-                    out[k].p_yes = Some(p(&lp[..ny]));
-                    out[k].p_no = Some(p(&lp[ny..]));
+        .collect()
+}
+
+/// Probes one batch of traces: the values and first early tokens in one pass, then the
+/// early answers one greedy token per pass.
+fn probe_batch(
+    model: &Model,
+    setup: &ProbeSetup,
+    traces: &[TraceInput<'_>],
+    passes: &mut dyn Passes,
+) -> Result<Vec<Vec<BoundaryProbe>>, ModelError> {
+    let device = model.decoder.device();
+    let blocks: Vec<Vec<Block>> = traces.iter().map(|t| trace_blocks(setup, t)).collect();
+    let results = {
+        let _t = profile::scope("probe_blocks", device);
+        passes.blocks(&blocks)?
+    };
+    let want_early = setup.kind == ProbeKind::Answer && setup.early_tokens > 0;
+    let mut out: Vec<Vec<BoundaryProbe>> = Vec::with_capacity(traces.len());
+    // Unfinished early answers: (trace, block).
+    let mut open: Vec<(usize, usize)> = Vec::new();
+    for (t, per_block) in results.into_iter().enumerate() {
+        let forced = traces[t]
+            .answer
+            .is_some_and(|a| !a.is_empty() && setup.kind == ProbeKind::Answer);
+        let mut probes = vec![BoundaryProbe::default(); per_block.len()];
+        for (k, res) in per_block.into_iter().enumerate() {
+            let mut it = res.into_iter();
+            let probe = &mut probes[k];
+            match setup.kind {
+                ProbeKind::Verbal => {
+                    if let Some((lp, _)) = it.next() {
+                        let ny = setup.yes.len();
+                        let p = |v: &[f32]| v.iter().map(|&x| (x as f64).exp()).sum::<f64>();
+                        probe.p_yes = Some(p(&lp[..ny]));
+                        probe.p_no = Some(p(&lp[ny..]));
+                    }
                 }
-            }
-            ProbeKind::Answer => {
-                if want_early {
-                    if let Some((_, g)) = it.next() {
-                        if !eos.contains(&g) {
-                            out[k].early_ids.push(g);
-                            if !early_done(model, &out[k].early_ids, setup.early_tokens)? {
-                                open.push(k);
+                ProbeKind::Answer => {
+                    if want_early {
+                        if let Some((_, g)) = it.next() {
+                            if !setup.eos.contains(&g) {
+                                probe.early_ids.push(g);
+                                if !early_done(model, &probe.early_ids, setup.early_tokens)? {
+                                    open.push((t, k));
+                                }
                             }
                         }
                     }
-                }
-                if answer.is_some() {
-                    let lps: Vec<f64> = it.map(|(lp, _)| lp[0] as f64).collect();
-                    if !lps.is_empty() {
-                        out[k].answer_logprob = Some(lps.iter().sum::<f64>() / lps.len() as f64);
+                    if forced {
+                        let lps: Vec<f64> = it.map(|(lp, _)| lp[0] as f64).collect();
+                        if !lps.is_empty() {
+                            probe.answer_logprob = Some(lps.iter().sum::<f64>() / lps.len() as f64);
+                        }
                     }
                 }
             }
         }
+        out.push(probes);
     }
-    // Greedy extension of the early answers, one token per pass.
     while !open.is_empty() {
-        let blocks: Vec<Block> = open
+        let steps: Vec<Extend> = open
             .iter()
-            .map(|&k| {
-                let mut tokens = setup.suffix.clone();
-                tokens.extend(&out[k].early_ids);
-                Block {
-                    boundary: boundaries[k],
-                    reads: vec![Read::Dist {
-                        point: tokens.len(),
-                        tokens: Vec::new(),
-                    }],
-                    tokens,
-                }
-            })
+            .map(|&(t, k)| (t, k, out[t][k].early_ids.last().copied().unwrap_or(0)))
             .collect();
-        let results = run_blocks(model, trace, &blocks, packing)?;
+        let next = {
+            let _t = profile::scope("probe_early", device);
+            passes.extend(&steps)?
+        };
         let mut still = Vec::new();
-        for (&k, res) in open.iter().zip(results) {
-            let g = res.first().map(|r| r.1).unwrap_or(0);
-            if eos.contains(&g) {
+        for (&(t, k), g) in open.iter().zip(next) {
+            if setup.eos.contains(&g) {
                 continue;
             }
-            out[k].early_ids.push(g);
-            if !early_done(model, &out[k].early_ids, setup.early_tokens)? {
-                still.push(k);
+            out[t][k].early_ids.push(g);
+            if !early_done(model, &out[t][k].early_ids, setup.early_tokens)? {
+                still.push((t, k));
             }
         }
         open = still;

@@ -1,6 +1,8 @@
-//! Packed probing (all boundaries of a trace in one forward pass) against the naive
-//! computation (one forward per boundary), the model crate's scoring and greedy generation,
-//! on the built-in `tiny-test` model with random weights.
+//! Cached probing (traces batched, each trace's keys and values computed once, every
+//! boundary's block a run of queries against its own prefix, early answers decoded from
+//! the cache) against the naive computation (one forward per boundary and early token),
+//! the model crate's scoring and greedy generation, on the built-in `tiny-test` model with
+//! random weights.
 
 use sspo_engine::{ModelRef, ModelSource};
 use sspo_model::{
@@ -9,8 +11,8 @@ use sspo_model::{
 };
 use sspo_operators::model_port::load_model;
 use sspo_operators::probe::{
-    answer_continuation, cut_early_answer, probe_trace, trace_tokens, BoundaryProbe, Packing,
-    ProbeKind, ProbeParams, ProbeSetup, TraceTokens,
+    answer_continuation, cut_early_answer, probe_trace, probe_traces, trace_tokens, BoundaryProbe,
+    Packing, ProbeKind, ProbeParams, ProbeSetup, TraceInput, TraceTokens,
 };
 
 fn tiny() -> Model {
@@ -74,9 +76,9 @@ fn close(a: Option<f64>, b: Option<f64>, what: &str) {
     }
 }
 
-fn assert_same(packed: &[BoundaryProbe], naive: &[BoundaryProbe]) {
-    assert_eq!(packed.len(), naive.len());
-    for (k, (p, n)) in packed.iter().zip(naive).enumerate() {
+fn assert_same(cached: &[BoundaryProbe], naive: &[BoundaryProbe]) {
+    assert_eq!(cached.len(), naive.len());
+    for (k, (p, n)) in cached.iter().zip(naive).enumerate() {
         close(p.p_yes, n.p_yes, &format!("p_yes at {k}"));
         close(p.p_no, n.p_no, &format!("p_no at {k}"));
         close(
@@ -114,41 +116,22 @@ fn trace_tokenisation_rule() {
     assert_eq!(pos, t.ids.len());
 }
 
+const CACHED: Packing = Packing::Cached {
+    max_batch_tokens: 1 << 20,
+};
+
 #[test]
-fn packed_equals_naive_for_both_kinds() {
+fn cached_equals_naive_for_both_kinds() {
     let model = tiny();
     let t = trace(&model);
     let a = answer_ids(&model);
     for kind in [ProbeKind::Verbal, ProbeKind::Answer] {
         let s = setup(&model, kind);
         let ans = (kind == ProbeKind::Answer).then_some(a.as_slice());
-        let packed = probe_trace(
-            &model,
-            &s,
-            &t.ids,
-            &t.boundaries,
-            ans,
-            Packing::Packed {
-                max_tokens: 1 << 20,
-            },
-        )
-        .unwrap();
+        let cached = probe_trace(&model, &s, &t.ids, &t.boundaries, ans, CACHED).unwrap();
         let naive = probe_trace(&model, &s, &t.ids, &t.boundaries, ans, Packing::Naive).unwrap();
-        assert_same(&packed, &naive);
-        // Split into several packed passes by a small budget: same numbers.
-        let split = probe_trace(
-            &model,
-            &s,
-            &t.ids,
-            &t.boundaries,
-            ans,
-            Packing::Packed {
-                max_tokens: t.ids.len() / 2,
-            },
-        )
-        .unwrap();
-        assert_same(&split, &naive);
-        for p in &packed {
+        assert_same(&cached, &naive);
+        for p in &cached {
             let v = p.value().expect("value");
             assert!((0.0..=1.0).contains(&v), "{v}");
             match kind {
@@ -165,21 +148,62 @@ fn packed_equals_naive_for_both_kinds() {
     }
 }
 
+/// Traces of different lengths, contexts and answers: one batch, several batches (a small
+/// budget) and one trace at a time all give the naive numbers, in input order.
+#[test]
+fn batched_traces_equal_naive_in_input_order() {
+    let model = tiny();
+    let contexts = [
+        CONTEXT,
+        "Q: 2 + 2?\nA:",
+        "Question: How many legs do 3 cats have?\nAnswer:",
+    ];
+    let traces: Vec<TraceTokens> = [9usize, 2, 5, 1, 7]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| trace_tokens(&model.tokenizer, contexts[i % 3], &STEPS[..n]).unwrap())
+        .collect();
+    let answers: Vec<Vec<i64>> = ["5", "4", "12", "5", "5"]
+        .iter()
+        .map(|a| {
+            let text = answer_continuation(sspo_operators::probe::DEFAULT_TRIGGER, a);
+            model.tokenizer.encode(&text, false).unwrap()
+        })
+        .collect();
+    for kind in [ProbeKind::Verbal, ProbeKind::Answer] {
+        let s = setup(&model, kind);
+        let inputs: Vec<TraceInput<'_>> = traces
+            .iter()
+            .zip(&answers)
+            .map(|(t, a)| TraceInput {
+                ids: &t.ids,
+                boundaries: &t.boundaries,
+                answer: (kind == ProbeKind::Answer).then_some(a.as_slice()),
+            })
+            .collect();
+        let naive = probe_traces(&model, &s, &inputs, Packing::Naive).unwrap();
+        let longest = traces.iter().map(|t| t.ids.len()).max().unwrap();
+        for budget in [1 << 20, 2 * longest, 1] {
+            let packing = Packing::Cached {
+                max_batch_tokens: budget,
+            };
+            let cached = probe_traces(&model, &s, &inputs, packing).unwrap();
+            assert_eq!(cached.len(), traces.len());
+            for (t, (c, n)) in cached.iter().zip(&naive).enumerate() {
+                assert_eq!(c.len(), traces[t].boundaries.len(), "trace {t}");
+                assert_same(c, n);
+            }
+        }
+    }
+}
+
 #[test]
 fn answer_logprob_equals_continuation_scoring() {
     let model = tiny();
     let t = trace(&model);
     let a = answer_ids(&model);
     let s = setup(&model, ProbeKind::Answer);
-    let packed = probe_trace(
-        &model,
-        &s,
-        &t.ids,
-        &t.boundaries,
-        Some(&a),
-        Packing::Packed { max_tokens: 4096 },
-    )
-    .unwrap();
+    let cached = probe_trace(&model, &s, &t.ids, &t.boundaries, Some(&a), CACHED).unwrap();
     let requests: Vec<ScoreRequest> = t
         .boundaries
         .iter()
@@ -193,7 +217,7 @@ fn answer_logprob_equals_continuation_scoring() {
         })
         .collect();
     let scored = continuation_logprobs(&model.decoder, &requests, 4).unwrap();
-    for (k, (p, lp)) in packed.iter().zip(&scored).enumerate() {
+    for (k, (p, lp)) in cached.iter().zip(&scored).enumerate() {
         let mean = lp.iter().map(|&x| x as f64).sum::<f64>() / lp.len() as f64;
         close(p.answer_logprob, Some(mean), &format!("boundary {k}"));
     }
@@ -204,15 +228,7 @@ fn early_answers_equal_greedy_generation() {
     let model = tiny();
     let t = trace(&model);
     let s = setup(&model, ProbeKind::Answer);
-    let packed = probe_trace(
-        &model,
-        &s,
-        &t.ids,
-        &t.boundaries,
-        None,
-        Packing::Packed { max_tokens: 4096 },
-    )
-    .unwrap();
+    let cached = probe_trace(&model, &s, &t.ids, &t.boundaries, None, CACHED).unwrap();
     let requests: Vec<GenerationRequest> = t
         .boundaries
         .iter()
@@ -238,7 +254,7 @@ fn early_answers_equal_greedy_generation() {
         },
     );
     let outs = gen.generate(&requests).unwrap();
-    for (k, (p, o)) in packed.iter().zip(&outs).enumerate() {
+    for (k, (p, o)) in cached.iter().zip(&outs).enumerate() {
         let ours = cut_early_answer(&model.tokenizer.decode(&p.early_ids, true).unwrap()).0;
         let theirs = cut_early_answer(&o.text).0;
         assert_eq!(ours, theirs, "boundary {k}");
@@ -281,4 +297,29 @@ fn boundaries_must_be_inside_the_trace() {
     let s = setup(&model, ProbeKind::Verbal);
     let err = probe_trace(&model, &s, &t.ids, &[0], None, Packing::Naive).unwrap_err();
     assert!(err.to_string().contains("outside"), "{err}");
+}
+
+/// An empty trigger: the first answer token and the early answer are read at the trace
+/// token before the boundary, which the cached pass computes with the trace itself.
+#[test]
+fn empty_trigger_reads_the_boundary_token() {
+    let model = tiny();
+    let t = trace(&model);
+    let s = ProbeSetup::new(
+        &model,
+        &ProbeParams {
+            trigger: String::new(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(s.suffix.is_empty());
+    let a = model
+        .tokenizer
+        .encode(&answer_continuation("", "5"), false)
+        .unwrap();
+    let cached = probe_trace(&model, &s, &t.ids, &t.boundaries, Some(&a), CACHED).unwrap();
+    let naive = probe_trace(&model, &s, &t.ids, &t.boundaries, Some(&a), Packing::Naive).unwrap();
+    assert_same(&cached, &naive);
+    assert!(cached.iter().all(|p| p.answer_logprob.is_some()));
 }
