@@ -357,12 +357,7 @@ impl Decoder {
         b: i64,
         l: i64,
     ) -> Result<Tensor> {
-        if cache.batch() != b {
-            return Err(ModelError::Input(format!(
-                "cache holds {} rows but tokens have {b}",
-                cache.batch()
-            )));
-        }
+        expect_cache_rows(cache, b)?;
         expect_shape("positions", positions, &[b, l])?;
         expect_shape("validity mask", new_valid, &[b, l])?;
         let device = self.device();
@@ -396,12 +391,7 @@ impl Decoder {
         cache: &mut KvCache,
     ) -> Result<Tensor> {
         let (b, l) = self.check_tokens(tokens)?;
-        if cache.batch() != b {
-            return Err(ModelError::Input(format!(
-                "cache holds {} rows but tokens have {b}",
-                cache.batch()
-            )));
-        }
+        expect_cache_rows(cache, b)?;
         expect_shape("positions", positions, &[b, l])?;
         expect_shape("attention mask", mask, &[b, l, cache.len() + l])?;
         let device = self.device();
@@ -603,6 +593,16 @@ fn expect_shape(what: &str, t: &Tensor, expected: &[i64]) -> Result<()> {
         return Err(ModelError::Input(format!(
             "{what} must have shape {expected:?}, got {:?}",
             t.size()
+        )));
+    }
+    Ok(())
+}
+
+fn expect_cache_rows(cache: &KvCache, rows: i64) -> Result<()> {
+    if cache.batch() != rows {
+        return Err(ModelError::Input(format!(
+            "cache holds {} rows but tokens have {rows}",
+            cache.batch()
         )));
     }
     Ok(())

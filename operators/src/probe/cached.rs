@@ -47,8 +47,6 @@ pub(super) struct CachedPasses<'a> {
     traces: Vec<&'a [i64]>,
     /// The early-answer budget: how many extensions the cache is sized for.
     early_tokens: usize,
-    /// Columns to reserve beyond the first pass (for the early answers).
-    extra_capacity: usize,
     cache: Option<KvCache>,
     rows: Vec<Row>,
     /// Per trace and block: the boundary.
@@ -64,7 +62,6 @@ impl<'a> CachedPasses<'a> {
             model,
             traces,
             early_tokens,
-            extra_capacity: 0,
             cache: None,
             rows: Vec::new(),
             boundaries: Vec::new(),
@@ -112,12 +109,10 @@ impl<'a> CachedPasses<'a> {
             .f_to_device(device)?;
         let positions = Tensor::from_slice(positions).f_view([n, len])?;
         let mask = Tensor::from_slice(&mask).f_view([n, len, total])?;
-        let cache = match &mut self.cache {
-            Some(c) => c,
-            None => {
-                let cap = past as i64 + len + self.extra_capacity as i64;
-                self.cache.insert(self.model.decoder.new_cache(n, cap)?)
-            }
+        let Some(cache) = self.cache.as_mut() else {
+            return Err(ModelError::Input(
+                "internal: probe pass without a cache".into(),
+            ));
         };
         let hidden = self
             .model
@@ -151,8 +146,6 @@ impl Passes for CachedPasses<'_> {
             .iter()
             .map(|bs| bs.iter().map(|b| b.boundary).collect())
             .collect();
-        let most_blocks = blocks.iter().map(Vec::len).max().unwrap_or(0);
-        self.extra_capacity = self.early_tokens * most_blocks;
         self.next_pos = blocks
             .iter()
             .map(|bs| bs.iter().map(|b| b.boundary + b.shared).collect())
@@ -209,7 +202,14 @@ impl Passes for CachedPasses<'_> {
             cols.extend(std::iter::repeat_n(Col::Pad, pad));
             self.rows.push(Row { trace: t, cols });
         }
-        self.cache = None;
+        // Room for the first pass and every extension (one column per block per token).
+        let most_blocks = blocks.iter().map(Vec::len).max().unwrap_or(0);
+        let capacity = len + self.early_tokens * most_blocks;
+        self.cache = Some(
+            self.model
+                .decoder
+                .new_cache(self.rows.len() as i64, capacity as i64)?,
+        );
         let hidden = self.run(&tokens, &positions, len)?;
         let out = if reads.is_empty() {
             Vec::new()
