@@ -52,7 +52,7 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
     },
-    /// Per node: cached | partial | stale | missing.
+    /// Per node: cached | partial | stale | missing | damaged (with what is damaged).
     Status {
         pipeline: PathBuf,
         #[command(flatten)]
@@ -77,6 +77,16 @@ enum Command {
         limit: usize,
         #[arg(long, value_enum, default_value = "table")]
         format: FormatArg,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Check every committed part of a run against its manifest (size and blake3 hash).
+    Verify {
+        /// A pipeline file or a run directory.
+        source: PathBuf,
+        /// Check only this node.
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
         #[command(flatten)]
         target: Target,
     },
@@ -118,7 +128,9 @@ enum ProgressArg {
     Quiet,
 }
 
-const SUBCOMMANDS: &[&str] = &["run", "validate", "status", "sql", "show", "ops", "help"];
+const SUBCOMMANDS: &[&str] = &[
+    "run", "validate", "status", "sql", "show", "verify", "ops", "help",
+];
 
 /// `sspo-run PIPELINE.yaml ...` means `sspo-run run PIPELINE.yaml ...`.
 fn with_default_subcommand(mut args: Vec<String>) -> Vec<String> {
@@ -285,13 +297,17 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             let rows = executor::status(&plan, &run_dir)
                 .context(format!("reading {}", run_dir.display()))?;
             println!("{:<20} {:<8} {:>10}  op", "node", "status", "rows");
-            for (i, (id, st, m)) in rows.iter().enumerate() {
+            for (i, r) in rows.iter().enumerate() {
                 let op = &plan.nodes[plan.order[i]].spec.op;
-                let rows = m
+                let n = r
+                    .manifest
                     .as_ref()
                     .map(|m| m.primary_rows().to_string())
                     .unwrap_or_else(|| "-".into());
-                println!("{id:<20} {:<8} {rows:>10}  {op}", st.as_str());
+                println!("{:<20} {:<8} {n:>10}  {op}", r.node, r.status.as_str());
+                for reason in &r.reasons {
+                    println!("    {reason}");
+                }
             }
             Ok(())
         }
@@ -340,6 +356,14 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             );
             Ok(())
         }
+        Command::Verify {
+            source,
+            node,
+            target,
+        } => {
+            let run_dir = resolve_source(&source, &target)?;
+            verify(&run_dir, node.as_deref())
+        }
         Command::Ops => {
             for op in registry().iter() {
                 println!("{:<10} {}", op.name(), op.summary());
@@ -347,6 +371,57 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// `verify`: one line per failure, a summary; exit 1 if anything failed.
+fn verify(run_dir: &Path, node: Option<&str>) -> Result<(), Failure> {
+    use sspo_engine::integrity::{self, VerifyError};
+    let verdicts = integrity::verify(run_dir, node).map_err(|e| match e {
+        VerifyError::UnknownNode { .. } => Failure::error(2, &e),
+        VerifyError::NotARun(_) => Failure::error(1, &e),
+    })?;
+    let (mut parts, mut bytes, mut unhashed, mut damaged, mut unreadable) = (0, 0, 0, 0, 0);
+    for v in &verdicts {
+        match &v.result {
+            Ok(c) => {
+                parts += c.parts;
+                bytes += c.bytes;
+                unhashed += c.unhashed;
+                damaged += c.damage.len();
+                for d in &c.damage {
+                    println!("FAILED {d}");
+                }
+            }
+            Err(e) => {
+                unreadable += 1;
+                println!("FAILED node `{}`: {e}", v.node);
+            }
+        }
+    }
+    let nodes = verdicts.len();
+    let old = if unhashed > 0 {
+        format!(" ({unhashed} without a recorded hash, from an older sspo-run: checked for presence only)")
+    } else {
+        String::new()
+    };
+    let checked = format!("{nodes} node(s), {parts} part(s), {bytes} bytes{old}");
+    let failures = damaged + unreadable;
+    if failures == 0 {
+        println!("{}: ok: {checked}", run_dir.display());
+        return Ok(());
+    }
+    let repair = if damaged > 0 {
+        "; the next run recomputes the damaged chunks and what depends on them"
+    } else {
+        ""
+    };
+    Err(Failure {
+        code: 1,
+        message: format!(
+            "error: {}: {failures} failure(s) in {checked}{repair}",
+            run_dir.display()
+        ),
+    })
 }
 
 fn ensure_newline(mut s: String) -> String {

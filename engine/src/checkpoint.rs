@@ -122,13 +122,24 @@ impl RunContext<'_> {
     /// chunks an interrupted run committed, chooses the newest checkpoint of this
     /// fingerprint at or after them, and on a fresh start clears the scratch directory
     /// (all but `plan.keep_files`).
-    pub fn checkpoints<S, R>(&self, plan: StepPlan) -> Result<Checkpoints<S, R>, OpError>
+    ///
+    /// A node whose damaged chunks were dropped before this run starts over: an interval's
+    /// steps continue from the state of the steps before it, which is not kept once the
+    /// node completes, so a chunk cannot be recomputed alone.
+    pub fn checkpoints<S, R>(&mut self, plan: StepPlan) -> Result<Checkpoints<S, R>, OpError>
     where
         S: DeserializeOwned,
         R: DeserializeOwned,
     {
         if plan.every == 0 {
             return Err(OpError::internal("a step plan checkpoints every 0 steps"));
+        }
+        if !self.repaired_chunks().is_empty() {
+            let chunks: Vec<String> = self.repaired_chunks().iter().map(u64::to_string).collect();
+            self.start_over(&format!(
+                "chunk {} was damaged, and a checkpointed node cannot recompute a chunk alone",
+                chunks.join(", ")
+            ))?;
         }
         let node = self.node_id();
         let committed = match self.resumed_manifest() {

@@ -1,5 +1,8 @@
 //! Runs a [`Plan`] against a run directory: cached nodes are skipped, partial ones
-//! resumed, stale ones recomputed (with everything downstream, since fingerprints chain).
+//! resumed, stale ones recomputed (with everything downstream, since fingerprints chain),
+//! damaged ones repaired ([`repair`]).
+
+mod repair;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -24,6 +27,9 @@ pub enum NodeStatus {
     Stale,
     /// Nothing written yet.
     Missing,
+    /// Same fingerprint, but a committed part is missing or differs from its record: a
+    /// run recomputes its chunk (and everything downstream).
+    Damaged,
 }
 
 impl NodeStatus {
@@ -33,6 +39,7 @@ impl NodeStatus {
             NodeStatus::Partial => "partial",
             NodeStatus::Stale => "stale",
             NodeStatus::Missing => "missing",
+            NodeStatus::Damaged => "damaged",
         }
     }
 }
@@ -69,7 +76,7 @@ pub enum RunError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeOutcome {
     pub node: String,
-    /// `cached`, `ran`, `resumed`.
+    /// `cached`, `ran`, `resumed`, `repaired` (damaged chunks recomputed).
     pub action: &'static str,
     pub rows: u64,
     pub seconds: f64,
@@ -100,20 +107,42 @@ pub fn hasher_for(run_dir: &Path) -> ContentHasher {
     ContentHasher::new(Some(run_dir.join(".cache").join("content-hashes.json")))
 }
 
-/// Status of every node (no lock taken: read-only).
-pub fn status(
-    plan: &Plan,
-    run_dir: &Path,
-) -> Result<Vec<(String, NodeStatus, Option<Manifest>)>, RunError> {
+/// One node's line of `status`.
+#[derive(Debug, Clone)]
+pub struct NodeReport {
+    pub node: String,
+    pub status: NodeStatus,
+    pub manifest: Option<Manifest>,
+    /// Why a node with output is not cached (damaged parts, damage upstream); empty
+    /// otherwise.
+    pub reasons: Vec<String>,
+}
+
+/// Status of every node (no lock taken: read-only). Every listed part is stat'ed: a
+/// node with a missing or truncated part is [`NodeStatus::Damaged`], and the nodes
+/// downstream of it stale.
+pub fn status(plan: &Plan, run_dir: &Path) -> Result<Vec<NodeReport>, RunError> {
     let hasher = hasher_for(run_dir);
     let fps = plan.fingerprints(&hasher)?;
-    let mut out = Vec::new();
-    for &i in &plan.order {
-        let id = plan.nodes[i].id();
-        let m = NodeDir::new(run_dir, id).read_manifest()?;
-        out.push((id.to_string(), status_of(m.as_ref(), &fps[i]), m));
-    }
-    Ok(out)
+    let scans = repair::scan(plan, run_dir, &fps, &plan.order, &[])?;
+    Ok(scans
+        .into_iter()
+        .map(|s| {
+            let reasons = match (&s.damaged_upstream, s.status) {
+                (Some(up), _) => vec![format!(
+                    "computed from `{up}`, which is damaged: a run recomputes it"
+                )],
+                (None, NodeStatus::Damaged) => s.damage.iter().map(ToString::to_string).collect(),
+                _ => Vec::new(),
+            };
+            NodeReport {
+                node: plan.nodes[s.index].id().to_string(),
+                status: s.status,
+                manifest: s.manifest,
+                reasons,
+            }
+        })
+        .collect())
 }
 
 fn resolve_node(plan: &Plan, id: &str) -> Result<usize, RunError> {
@@ -141,8 +170,19 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Vec<NodeOutcome>, RunError>
     }
     let progress = Progress::new(opts.progress);
     let log = |line: &str| progress.println(line);
+    let order: Vec<usize> = plan
+        .order
+        .iter()
+        .copied()
+        .filter(|i| targets.contains(i))
+        .collect();
+    // Damaged output is repaired on disk before anything runs; the loop below then sees
+    // repaired nodes as partial and the nodes below them as missing.
+    let mut scans = repair::scan(plan, &opts.run_dir, &fps, &order, &forced)?;
+    repair::hash_read_parts(plan, &opts.run_dir, &mut scans);
+    let repaired = repair::repair(plan, &opts.run_dir, &scans, &log)?;
     let mut outcomes = Vec::new();
-    for &i in plan.order.iter().filter(|i| targets.contains(i)) {
+    for &i in &order {
         let node = &plan.nodes[i];
         let id = node.id();
         let dir = NodeDir::new(&opts.run_dir, id);
@@ -168,11 +208,17 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Vec<NodeOutcome>, RunError>
                 dir.wipe()?;
                 manifest = None;
             }
-            NodeStatus::Partial | NodeStatus::Missing => {}
+            // A damaged node was repaired by the scan: its manifest now reads partial.
+            NodeStatus::Partial | NodeStatus::Missing | NodeStatus::Damaged => {}
         }
         dir.ensure()?;
         dir.remove_uncommitted(manifest.as_ref())?;
         let resumed = manifest.is_some();
+        let dropped = repaired
+            .iter()
+            .find(|r| r.index == i)
+            .map(|r| r.chunks.clone())
+            .unwrap_or_default();
         let inputs = plan.inputs_of(i, &opts.run_dir, &fps, &hasher)?;
         let bar = progress.node(id, "rows");
         let start = Instant::now();
@@ -189,6 +235,14 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Vec<NodeOutcome>, RunError>
             manifest,
             &log,
         );
+        let action = if !dropped.is_empty() {
+            "repaired"
+        } else if resumed {
+            "resumed"
+        } else {
+            "ran"
+        };
+        ctx.set_repaired(dropped);
         let node_err = |source| RunError::Node {
             node: id.to_string(),
             op: node.op.name().to_string(),
@@ -213,7 +267,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Vec<NodeOutcome>, RunError>
         bar.finish(&format!("done: {} rows in {seconds:.1}s", m.primary_rows()));
         outcomes.push(NodeOutcome {
             node: id.to_string(),
-            action: if resumed { "resumed" } else { "ran" },
+            action,
             rows: m.primary_rows(),
             seconds,
             summary: m.summary(),

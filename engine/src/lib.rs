@@ -5,13 +5,14 @@
 //!
 //! The modules are layered, each importing only from the ones before it:
 //!
-//! - foundations: [`diag`] (located diagnostics), [`yaml`], [`params`], [`store`] (the
-//!   on-disk format), [`error`] ([`OpError`]), [`binding`] (what a port is bound to),
-//!   [`fingerprint`], [`progress`];
+//! - foundations: [`diag`] (located diagnostics), [`yaml`], [`params`], [`failpoint`]
+//!   (test-only faults in the store's writes), [`store`] (the on-disk format), [`error`]
+//!   ([`OpError`]), [`binding`] (what a port is bound to), [`fingerprint`], [`progress`];
 //! - [`spec`]: the file's shape, parsed;
 //! - [`run`]: what a running node sees ([`RunContext`], the chunk loop), and
 //!   [`operator`]: the extension point, whose kernels run in a [`RunContext`];
 //! - [`plan`]: a spec checked against the operators;
+//! - [`integrity`]: committed parts against their records, and `verify`;
 //! - [`executor`]: a plan run against a run directory; [`sql`]: queries over one.
 
 pub mod binding;
@@ -19,7 +20,9 @@ pub mod checkpoint;
 pub mod diag;
 pub mod error;
 pub mod executor;
+pub mod failpoint;
 pub mod fingerprint;
+pub mod integrity;
 pub mod operator;
 pub mod params;
 pub mod plan;
@@ -34,7 +37,7 @@ pub use binding::{Input, ModelRef, ModelSource};
 pub use checkpoint::{CheckpointState, Checkpointed, Checkpoints, StepPlan};
 pub use diag::{Diagnostic, Diagnostics, Loc};
 pub use error::OpError;
-pub use executor::{run, status, NodeOutcome, NodeStatus, RunError, RunOptions};
+pub use executor::{run, status, NodeOutcome, NodeReport, NodeStatus, RunError, RunOptions};
 pub use operator::{Columns, ConfigureContext, NodeKernel, Operator, Port, PortKind, Registry};
 pub use params::Params;
 pub use plan::Plan;

@@ -59,6 +59,9 @@ pub struct RunContext<'a> {
     artifact: Option<String>,
     log: &'a (dyn Fn(&str) + Sync),
     started: Instant,
+    /// Chunks dropped from the manifest as damaged before this run (see
+    /// [`Self::repaired_chunks`]).
+    repaired: Vec<u64>,
 }
 
 impl<'a> RunContext<'a> {
@@ -98,7 +101,32 @@ impl<'a> RunContext<'a> {
             artifact,
             log,
             started: Instant::now(),
+            repaired: Vec::new(),
         }
+    }
+
+    pub(crate) fn set_repaired(&mut self, chunks: Vec<u64>) {
+        self.repaired = chunks;
+    }
+
+    /// Chunk indices whose parts were found damaged and dropped from the manifest before
+    /// this run: the chunk loop recomputes them. A node that cannot recompute a chunk
+    /// alone (a checkpointed one) starts over instead ([`Self::start_over`]).
+    pub fn repaired_chunks(&self) -> &[u64] {
+        &self.repaired
+    }
+
+    /// Discards everything the node has committed (and its scratch directory), with the
+    /// reason in the log: the node is computed from the start.
+    pub fn start_over(&mut self, why: &str) -> Result<(), OpError> {
+        self.log(&format!("{why}; starting over"));
+        self.dir.wipe()?;
+        self.dir.ensure()?;
+        self.manifest = None;
+        self.counters.clear();
+        self.metrics.clear();
+        self.artifact = None;
+        Ok(())
     }
 
     /// The node's id in the spec.
@@ -282,9 +310,7 @@ impl<'a> RunContext<'a> {
             m.chunk_rows == chunk_rows as u64 && m.input_rows == input_rows as u64
         });
         if self.manifest.is_some() && !plan_matches {
-            self.log("input or chunking changed since the interrupted run; starting over");
-            self.dir.wipe()?;
-            self.manifest = None;
+            self.start_over("input or chunking changed since the interrupted run")?;
         }
         // Indices past the last chunk are final records ([`Self::commit_final`]).
         let done: std::collections::HashSet<u64> = self

@@ -1,5 +1,10 @@
 //! SQL over a run: every node's committed parts (complete or partial nodes alike) as a
 //! DataFusion table named after the node; extra tables as `<node>_<table>`.
+//!
+//! Before a query every listed part is stat'ed against its recorded size, so a missing or
+//! truncated part is named (node, chunk, file) instead of failing deep in DataFusion; if
+//! the query fails all the same, the parts are hashed to name the one at fault. `sql`
+//! does not hash parts that read fine: that is `sspo-run verify`'s job.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +16,8 @@ use datafusion::datasource::listing::{
 };
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use crate::store::{read_manifest, Manifest, MANIFEST};
+use crate::integrity::{check_node, node_dirs};
+use crate::store::{Check, Damage, Manifest, NodeDir};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SqlError {
@@ -21,6 +27,8 @@ pub enum SqlError {
     Arrow(#[from] arrow::error::ArrowError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("{}", damage_text(.0, .1.as_deref()))]
+    Damaged(Vec<Damage>, Option<String>),
     #[error("{0} is not a run directory (no node has written output there yet)")]
     NotARun(PathBuf),
     #[error("cannot start the query runtime: {0}")]
@@ -74,26 +82,48 @@ fn check_unique_names(infos: &[TableInfo]) -> Result<(), SqlError> {
     Ok(())
 }
 
+/// "N damaged parts" and each, then the query's error, if any.
+fn damage_text(damage: &[Damage], error: Option<&str>) -> String {
+    let mut text = format!(
+        "{} damaged part{} (`sspo-run verify` checks them all; the next run recomputes them):",
+        damage.len(),
+        if damage.len() == 1 { "" } else { "s" }
+    );
+    for d in damage {
+        text.push_str(&format!("\n  {d}"));
+    }
+    if let Some(e) = error {
+        text.push_str(&format!("\nthe query failed with: {e}"));
+    }
+    text
+}
+
 /// Every table of the run, from the manifests (never from a directory listing, so
 /// uncommitted files are invisible).
 pub fn tables(run_dir: &Path) -> Result<Vec<TableInfo>, SqlError> {
+    Ok(manifests(run_dir)?
+        .iter()
+        .flat_map(|(dir, m)| tables_of(&dir.path, m))
+        .collect())
+}
+
+fn manifests(run_dir: &Path) -> Result<Vec<(NodeDir, Manifest)>, SqlError> {
+    let dirs = node_dirs(run_dir).ok_or_else(|| SqlError::NotARun(run_dir.to_path_buf()))?;
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(run_dir) else {
-        return Err(SqlError::NotARun(run_dir.to_path_buf()));
-    };
-    let mut dirs: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join(MANIFEST).is_file())
-        .collect();
-    dirs.sort();
     for dir in dirs {
-        let Some(m) = read_manifest(&dir.join(MANIFEST))? else {
-            continue;
-        };
-        out.extend(tables_of(&dir, &m));
+        if let Some(m) = dir.read_manifest()? {
+            out.push((dir, m));
+        }
     }
     Ok(out)
+}
+
+/// Every damaged part of the run, checked as far as `check` goes.
+fn damage(run_dir: &Path, check: Check) -> Result<Vec<Damage>, SqlError> {
+    Ok(manifests(run_dir)?
+        .iter()
+        .flat_map(|(dir, m)| check_node(dir, m, check))
+        .collect())
 }
 
 fn tables_of(dir: &Path, m: &Manifest) -> Vec<TableInfo> {
@@ -143,17 +173,44 @@ pub async fn context(run_dir: &Path) -> Result<SessionContext, SqlError> {
     Ok(ctx)
 }
 
-/// Runs one query to completion.
+/// Runs one query to completion. A missing or truncated part is refused before the
+/// query; a query that fails on a file is explained by the parts whose hash is wrong.
 pub fn query(run_dir: &Path, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
+    let damaged = damage(run_dir, Check::Size)?;
+    if !damaged.is_empty() {
+        return Err(SqlError::Damaged(damaged, None));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(SqlError::Runtime)?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         let ctx = context(run_dir).await?;
         let df = ctx.sql(sql).await?;
         Ok(df.collect().await?)
-    })
+    });
+    match result {
+        Err(SqlError::DataFusion(e)) if reads_files(&e) => {
+            let damaged = damage(run_dir, Check::Hash)?;
+            if damaged.is_empty() {
+                Err(SqlError::DataFusion(e))
+            } else {
+                Err(SqlError::Damaged(damaged, Some(e.to_string())))
+            }
+        }
+        other => other,
+    }
+}
+
+/// Whether a query's error may come from a part file (not from the SQL text or plan).
+fn reads_files(e: &datafusion::error::DataFusionError) -> bool {
+    use datafusion::error::DataFusionError as E;
+    match e {
+        E::ParquetError(_) | E::ArrowError(..) | E::IoError(_) | E::External(_) => true,
+        E::Context(_, inner) => reads_files(inner),
+        E::Shared(inner) => reads_files(inner),
+        _ => false,
+    }
 }
 
 /// Output formats of `sspo-run sql` and `show`.

@@ -6,6 +6,11 @@
 //! [`write_atomic`]); `manifest.json` is rewritten the same way after every chunk and is
 //! the only source of truth: a part file it does not list does not exist for readers, and
 //! is deleted on the next run.
+//!
+//! Every part is recorded with its byte size and blake3 hash ([`PartFile`]), so a part
+//! that was truncated, altered or deleted after its commit is noticed: by a stat before
+//! a node is called cached, by the hash whenever a part is read ([`NodeDir::read_table`])
+//! and by `sspo-run verify` (see [`crate::integrity`]).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -21,7 +26,12 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
+use crate::fingerprint::hash_bytes;
+
 pub const MANIFEST: &str = "manifest.json";
+/// The manifest format this build writes and the newest it reads. Format 1 gained the
+/// optional integrity fields of [`PartFile`] without a bump: older manifests (and the
+/// parts they list) read as before, with sizes and hashes unknown.
 pub const MANIFEST_FORMAT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +55,21 @@ pub enum StoreError {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("run directory {0} is in use by another sspo-run process (lock {1} is held); wait for it to finish or use another --run-dir")]
     Locked(PathBuf, PathBuf),
+    #[error("{path}: written by a newer sspo-run (format {format}, this binary reads ≤ {supported}); nothing was changed: use a newer sspo-run or another --run-dir")]
+    NewerFormat {
+        path: PathBuf,
+        format: u32,
+        supported: u32,
+    },
+    #[error("node `{node}`, chunk {chunk}: {path}: {source}")]
+    Part {
+        node: String,
+        chunk: u64,
+        path: PathBuf,
+        source: Box<parquet::errors::ParquetError>,
+    },
+    #[error("{0}; `sspo-run verify` lists every damaged part, and the next run recomputes them")]
+    Damaged(Box<Damage>),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -69,6 +94,110 @@ pub struct PartFile {
     /// Relative to the node directory.
     pub file: String,
     pub rows: u64,
+    /// Size in bytes at commit; `None` in manifests of builds that did not record it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Hex blake3 of the file at commit; `None` as for `bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+}
+
+/// What is wrong with a committed part file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartProblem {
+    Missing,
+    /// It could not be stat'ed or read (the I/O error's text).
+    Unreadable(String),
+    Size {
+        expected: u64,
+        actual: u64,
+    },
+    /// Same size, other content.
+    Hash,
+}
+
+impl std::fmt::Display for PartProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PartProblem::Missing => write!(f, "the file is missing"),
+            PartProblem::Unreadable(e) => write!(f, "cannot read the file: {e}"),
+            PartProblem::Size { expected, actual } => write!(
+                f,
+                "the file has {actual} bytes, the manifest recorded {expected}"
+            ),
+            PartProblem::Hash => write!(
+                f,
+                "the file's content differs from the manifest's blake3 hash"
+            ),
+        }
+    }
+}
+
+/// A damaged part: which node, which chunk, which file, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    pub node: String,
+    /// The chunk record's index.
+    pub chunk: u64,
+    /// The part's path (the node directory joined with the manifest's relative name).
+    pub path: PathBuf,
+    pub problem: PartProblem,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "node `{}`, chunk {}: {}: {}",
+            self.node,
+            self.chunk,
+            self.path.display(),
+            self.problem
+        )
+    }
+}
+
+/// How far a check of a part goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Exists and has the recorded size (a stat).
+    Size,
+    /// And has the recorded blake3 hash (reads the file).
+    Hash,
+}
+
+impl PartFile {
+    /// Checks the file at `path` against the record. A record without a size or hash
+    /// (an older manifest) checks what it has: at least that the file exists.
+    pub fn check_file(&self, path: &Path, check: Check) -> Result<(), PartProblem> {
+        let unreadable = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::NotFound => PartProblem::Missing,
+            _ => PartProblem::Unreadable(e.to_string()),
+        };
+        let meta = fs::metadata(path).map_err(unreadable)?;
+        self.check_size(meta.len())?;
+        if check == Check::Hash && self.blake3.is_some() {
+            let bytes = fs::read(path).map_err(unreadable)?;
+            self.check_bytes(&bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Checks a file's content, read into memory, against the record.
+    pub fn check_bytes(&self, bytes: &[u8]) -> Result<(), PartProblem> {
+        self.check_size(bytes.len() as u64)?;
+        match &self.blake3 {
+            Some(h) if *h != hash_bytes(bytes) => Err(PartProblem::Hash),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_size(&self, actual: u64) -> Result<(), PartProblem> {
+        match self.bytes {
+            Some(expected) if expected != actual => Err(PartProblem::Size { expected, actual }),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,11 +260,34 @@ impl Manifest {
 
     /// Part files of `table`, in chunk order.
     pub fn files_of(&self, table: &str) -> Vec<&PartFile> {
+        self.parts()
+            .filter(|(_, f)| f.table == table)
+            .map(|(_, f)| f)
+            .collect()
+    }
+
+    /// Every part file with its chunk's index, in chunk order.
+    pub fn parts(&self) -> impl Iterator<Item = (u64, &PartFile)> {
         self.chunks
             .iter()
-            .flat_map(|c| c.files.iter())
-            .filter(|f| f.table == table)
-            .collect()
+            .flat_map(|c| c.files.iter().map(move |f| (c.index, f)))
+    }
+
+    /// Forgets the chunks `indices` (their rows too) and marks the node partial: the
+    /// repair of damaged parts, which the next run's chunk loop recomputes.
+    pub fn drop_chunks(&mut self, indices: &std::collections::BTreeSet<u64>) {
+        let (dropped, kept) = std::mem::take(&mut self.chunks)
+            .into_iter()
+            .partition::<Vec<_>, _>(|c| indices.contains(&c.index));
+        self.chunks = kept;
+        for f in dropped.iter().flat_map(|c| c.files.iter()) {
+            if let Some(r) = self.rows.get_mut(&f.table) {
+                *r = r.saturating_sub(f.rows);
+            }
+        }
+        if !dropped.is_empty() {
+            self.state = NodeState::Partial;
+        }
     }
 
     /// Names of all tables this node has written ("" first).
@@ -159,7 +311,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     replace_atomically(path, |tmp| {
         let mut f = File::create(tmp).map_err(io_err(tmp))?;
         f.write_all(bytes).map_err(io_err(tmp))?;
-        f.sync_all().map_err(io_err(tmp))
+        f.sync_all().map_err(io_err(tmp))?;
+        crate::failpoint::before_rename(tmp).map_err(io_err(tmp))
     })
 }
 
@@ -216,6 +369,14 @@ impl NodeDir {
         Self {
             path: run_dir.join(node),
         }
+    }
+
+    /// The node's id (the directory's name).
+    pub fn node(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 
     pub fn manifest_path(&self) -> PathBuf {
@@ -293,8 +454,8 @@ impl NodeDir {
         Ok(removed)
     }
 
-    /// Writes one table's batch of chunk `index` and returns its record (not yet
-    /// committed: the caller commits by rewriting the manifest).
+    /// Writes one table's batch of chunk `index` and returns its record, with the file's
+    /// size and hash (not yet committed: the caller commits by rewriting the manifest).
     pub fn write_part(
         &self,
         table: &str,
@@ -308,7 +469,10 @@ impl NodeDir {
         };
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let name = format!("part-{index:05}.parquet");
-        replace_atomically(&dir.join(&name), |tmp| write_parquet(tmp, batch))?;
+        let path = dir.join(&name);
+        // Encoded in memory so that the hash is of exactly the bytes written.
+        let bytes = encode_parquet(&path, batch)?;
+        write_atomic(&path, &bytes)?;
         let file = if table.is_empty() {
             name
         } else {
@@ -318,16 +482,38 @@ impl NodeDir {
             table: table.to_string(),
             file,
             rows: batch.num_rows() as u64,
+            bytes: Some(bytes.len() as u64),
+            blake3: Some(hash_bytes(&bytes)),
         })
     }
 
-    /// All committed rows of `table` as one batch.
+    /// All committed rows of `table` as one batch. Each part is checked against its
+    /// recorded size and hash as it is read: damaged output is never used silently.
     pub fn read_table(&self, manifest: &Manifest, table: &str) -> Result<RecordBatch, StoreError> {
-        let files = manifest.files_of(table);
         let mut batches = Vec::new();
         let mut schema: Option<SchemaRef> = None;
-        for f in files {
-            let (s, mut b) = read_parquet(&self.path.join(&f.file))?;
+        for (chunk, f) in manifest.parts().filter(|(_, f)| f.table == table) {
+            let path = self.path.join(&f.file);
+            let damaged = |problem: PartProblem| {
+                StoreError::Damaged(Box::new(Damage {
+                    node: self.node(),
+                    chunk,
+                    path: path.clone(),
+                    problem,
+                }))
+            };
+            let bytes = fs::read(&path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => damaged(PartProblem::Missing),
+                _ => damaged(PartProblem::Unreadable(e.to_string())),
+            })?;
+            f.check_bytes(&bytes).map_err(damaged)?;
+            let (s, mut b) =
+                decode_parquet(bytes::Bytes::from(bytes)).map_err(|source| StoreError::Part {
+                    node: self.node(),
+                    chunk,
+                    path: path.clone(),
+                    source: Box::new(source),
+                })?;
             schema.get_or_insert(s);
             batches.append(&mut b);
         }
@@ -336,47 +522,67 @@ impl NodeDir {
     }
 }
 
+/// The manifest at `path`, if there is one. A manifest of a newer format is refused
+/// before anything else is read from it, so nothing acts on a format it does not know.
 pub fn read_manifest(path: &Path) -> Result<Option<Manifest>, StoreError> {
-    match fs::read(path) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| StoreError::Manifest {
-                    path: path.to_path_buf(),
-                    source,
-                })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(path)(e)),
+    #[derive(Deserialize)]
+    struct Format {
+        format: u32,
     }
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let invalid = |source| StoreError::Manifest {
+        path: path.to_path_buf(),
+        source,
+    };
+    let Format { format } = serde_json::from_slice(&bytes).map_err(invalid)?;
+    if format > MANIFEST_FORMAT {
+        return Err(StoreError::NewerFormat {
+            path: path.to_path_buf(),
+            format,
+            supported: MANIFEST_FORMAT,
+        });
+    }
+    serde_json::from_slice(&bytes).map(Some).map_err(invalid)
 }
 
-fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<(), StoreError> {
+/// `batch` as a Parquet file's bytes (`path` names it in errors).
+fn encode_parquet(path: &Path, batch: &RecordBatch) -> Result<Vec<u8>, StoreError> {
     let pq_err = |source| StoreError::Parquet {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::create(path).map_err(io_err(path))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .build();
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(pq_err)?;
+    let mut writer =
+        ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props)).map_err(pq_err)?;
     writer.write(batch).map_err(pq_err)?;
-    let file = writer.into_inner().map_err(pq_err)?;
-    file.sync_all().map_err(io_err(path))
+    writer.into_inner().map_err(pq_err)
 }
 
+fn decode_parquet(
+    bytes: bytes::Bytes,
+) -> Result<(SchemaRef, Vec<RecordBatch>), parquet::errors::ParquetError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    let schema = builder.schema().clone();
+    let reader = builder.with_batch_size(65536).build()?;
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| parquet::errors::ParquetError::ArrowError(e.to_string()))?;
+    Ok((schema, batches))
+}
+
+/// A Parquet file's schema and rows.
 pub fn read_parquet(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>), StoreError> {
-    let pq_err = |source| StoreError::Parquet {
+    let bytes = fs::read(path).map_err(io_err(path))?;
+    decode_parquet(bytes::Bytes::from(bytes)).map_err(|source| StoreError::Parquet {
         path: path.to_path_buf(),
         source,
-    };
-    let file = File::open(path).map_err(io_err(path))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq_err)?;
-    let schema = builder.schema().clone();
-    let reader = builder.with_batch_size(65536).build().map_err(pq_err)?;
-    let batches = reader.collect::<Result<Vec<_>, _>>()?;
-    Ok((schema, batches))
+    })
 }
 
 /// Exclusive lock on a run directory for the lifetime of this value.

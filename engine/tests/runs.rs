@@ -43,7 +43,7 @@ fn statuses(plan: &sspo_engine::Plan, run_dir: &Path) -> Vec<(String, NodeStatus
     status(plan, run_dir)
         .expect("status")
         .into_iter()
-        .map(|(id, st, _)| (id, st))
+        .map(|r| (r.node, r.status))
         .collect()
 }
 

@@ -6,7 +6,11 @@
 //!   `input`; it leaves a file per chunk in its scratch directory;
 //! - `tally` (on port `rows`): the input's `n`, and an extra table `summary` (the row
 //!   count `count_n` and sum `sum_n`) committed after the chunks; `tally_b` writes it
-//!   as `b_summary`.
+//!   as `b_summary`;
+//! - `steps` (source, checkpointed): `steps` rows, each a running value that depends on
+//!   every step before it, checkpointed every `every` steps.
+
+#![allow(dead_code)] // shared by several test crates, each using a part of it
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -17,9 +21,10 @@ use std::sync::{Arc, Mutex};
 use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch};
 use arrow::datatypes::Int64Type;
 use serde::{Deserialize, Serialize};
+use sspo_engine::ChunkOutput;
 use sspo_engine::{
-    Columns, ConfigureContext, Diagnostics, NodeKernel, OpError, Operator, Params, Pipeline, Plan,
-    Port, ProgressMode, Registry, RunContext, RunOptions,
+    Checkpointed, Columns, ConfigureContext, Diagnostics, NodeKernel, OpError, Operator, Params,
+    Pipeline, Plan, Port, ProgressMode, Registry, RunContext, RunOptions, StepPlan,
 };
 
 /// What a test can do to running toy nodes, and what it can see of them.
@@ -78,6 +83,7 @@ pub fn registry(knobs: &Arc<Knobs>) -> Registry {
         table: "summary",
         knobs: knobs.clone(),
     }));
+    r.register(Arc::new(Steps(knobs.clone())));
     r.register(Arc::new(Tally {
         name: "tally_b",
         table: "b_summary",
@@ -345,5 +351,106 @@ impl NodeKernel for TallyKernel {
             ("sum_n", vec![all.iter().sum()]),
         ])?;
         ctx.commit_final(vec![(self.table.to_string(), summary)])
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct StepsParams {
+    steps: u64,
+    every: u64,
+}
+
+impl Default for StepsParams {
+    fn default() -> Self {
+        Self { steps: 7, every: 3 }
+    }
+}
+
+struct Steps(Arc<Knobs>);
+
+struct StepsKernel {
+    params: StepsParams,
+    fingerprinted: serde_json::Value,
+    knobs: Arc<Knobs>,
+}
+
+impl Operator for Steps {
+    fn name(&self) -> &'static str {
+        "steps"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "a running value per step, checkpointed"
+    }
+    fn ports(&self) -> &'static [Port] {
+        &[]
+    }
+    fn configure(
+        &self,
+        params: &Params,
+        _ctx: &ConfigureContext,
+    ) -> Result<Arc<dyn NodeKernel>, Diagnostics> {
+        let p: StepsParams = params.parse()?;
+        Ok(Arc::new(StepsKernel {
+            fingerprinted: params.fingerprint_json(&p, &[])?,
+            params: p,
+            knobs: self.0.clone(),
+        }))
+    }
+}
+
+impl NodeKernel for StepsKernel {
+    fn params_json(&self) -> serde_json::Value {
+        self.fingerprinted.clone()
+    }
+    fn output_columns(&self, _inputs: &BTreeMap<String, Columns>) -> Columns {
+        Columns::exact(["n"])
+    }
+    fn run(&self, ctx: &mut RunContext) -> Result<(), OpError> {
+        let checkpoints = ctx.checkpoints::<StepState, i64>(StepPlan {
+            steps: self.params.steps,
+            every: self.params.every,
+            keep: 2,
+            keep_files: Vec::new(),
+        })?;
+        let mut job = StepJob {
+            value: 0,
+            knobs: self.knobs.clone(),
+        };
+        checkpoints.run(ctx, &mut job)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct StepState {
+    value: i64,
+}
+
+struct StepJob {
+    value: i64,
+    knobs: Arc<Knobs>,
+}
+
+impl Checkpointed for StepJob {
+    type Row = i64;
+    type State = StepState;
+
+    fn step(&mut self, ctx: &mut RunContext, step: u64) -> Result<i64, OpError> {
+        lock(&self.knobs.computed).push((ctx.node_id().to_string(), step as usize));
+        self.value = (self.value * 31 + step as i64 + 1) % 1_000_003;
+        Ok(self.value)
+    }
+    fn save(&mut self, _dir: &Path, _done: u64) -> Result<StepState, OpError> {
+        Ok(StepState { value: self.value })
+    }
+    fn load(&mut self, _dir: &Path, _done: u64, state: &StepState) -> Result<(), OpError> {
+        self.value = state.value;
+        Ok(())
+    }
+    fn output(&self, _ctx: &mut RunContext, rows: &[i64]) -> Result<ChunkOutput, OpError> {
+        Ok(int_batch(vec![("n", rows.to_vec())])?.into())
     }
 }
