@@ -38,9 +38,12 @@ pub use checkpoint::{CheckpointState, Checkpointed, Checkpoints, StepPlan};
 pub use diag::{Diagnostic, Diagnostics, Loc};
 pub use error::OpError;
 pub use executor::{run, status, NodeOutcome, NodeReport, NodeStatus, RunError, RunOptions};
-pub use operator::{Columns, ConfigureContext, NodeKernel, Operator, Port, PortKind, Registry};
+pub use operator::{
+    Columns, ConfigureContext, ModelChecker, ModelUse, NodeKernel, Operator, Port, PortKind,
+    Registry,
+};
 pub use params::Params;
 pub use plan::Plan;
 pub use progress::ProgressMode;
 pub use run::{ChunkOutput, RunContext};
-pub use spec::{CpuSpec, Pipeline};
+pub use spec::{CpuSpec, ModelEntry, Pipeline};

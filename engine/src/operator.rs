@@ -13,6 +13,7 @@ use crate::diag::Diagnostics;
 use crate::error::OpError;
 use crate::params::Params;
 use crate::run::RunContext;
+use crate::spec::ModelEntry;
 
 /// What flows through a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,10 +178,32 @@ pub trait NodeKernel: Send + Sync {
     fn run(&self, ctx: &mut RunContext) -> Result<(), OpError>;
 }
 
-/// Operators by name.
+/// How one node uses a `models:` entry, as a [`ModelChecker`] sees it.
+#[derive(Debug, Clone)]
+pub struct ModelUse {
+    pub node: String,
+    pub op: String,
+    /// The binding key of the port (`model`, `models.1`).
+    pub port: String,
+    /// The node's canonical params ([`NodeKernel::params_json`]): what it will ask of the
+    /// model (a chat template, say) is written there.
+    pub params: serde_json::Value,
+}
+
+/// Checks what a `models:` entry points to before anything runs, for the plan's model
+/// pass: the engine knows no model format, so the binary registers one that does. It must
+/// not load weights (it runs on every `validate`), and it reports each problem located in
+/// the spec, typically at [`ModelEntry::value_loc`].
+pub trait ModelChecker: Send + Sync {
+    /// Problems of `model`, given the nodes that use it (a failed node is left out).
+    fn check(&self, model: &ModelEntry, uses: &[ModelUse]) -> Diagnostics;
+}
+
+/// Operators by name, and the model checker if one is registered.
 #[derive(Default, Clone)]
 pub struct Registry {
     ops: BTreeMap<&'static str, Arc<dyn Operator>>,
+    model_checker: Option<Arc<dyn ModelChecker>>,
 }
 
 impl Registry {
@@ -199,5 +222,13 @@ impl Registry {
     }
     pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Operator>> {
         self.ops.values()
+    }
+    /// Makes the plan check every `models:` entry with `checker`.
+    pub fn set_model_checker(&mut self, checker: Arc<dyn ModelChecker>) -> &mut Self {
+        self.model_checker = Some(checker);
+        self
+    }
+    pub fn model_checker(&self) -> Option<&Arc<dyn ModelChecker>> {
+        self.model_checker.as_ref()
     }
 }

@@ -64,18 +64,27 @@ pub enum PlanError {
 
 impl Plan {
     /// Checks everything that can be checked without running, in named passes
-    /// (`plan/passes.rs`: operators and params, SQL table names, ports, order, columns),
-    /// and reports every problem, sorted by position.
+    /// (`plan/passes.rs`: operators and params, SQL table names, ports, models (with the
+    /// registry's model checker), order, columns), and reports every problem, sorted by
+    /// position.
     pub fn build(pipeline: Pipeline, registry: &Registry) -> Result<Plan, Diagnostics> {
         let mut diags = pipeline.problems.clone();
         let configured = passes::configure_nodes(&pipeline, registry, &mut diags);
         passes::check_table_names(&pipeline, &configured, &mut diags);
-        let bindings = passes::bind_ports(&pipeline, registry, &configured, &mut diags);
-        let Some(order) = passes::order_nodes(&pipeline, &bindings, &mut diags) else {
+        let bound = passes::bind_ports(&pipeline, registry, &configured, &mut diags);
+        passes::check_models(
+            &pipeline,
+            registry,
+            &configured,
+            &bound.bindings,
+            &mut diags,
+        );
+        let Some(order) = passes::order_nodes(&pipeline, &bound.bindings, &mut diags) else {
             return Err(diags.sorted());
         };
-        let columns = passes::check_columns(&pipeline, &configured, &bindings, &order, &mut diags);
+        let columns = passes::check_columns(&pipeline, &configured, &bound, &order, &mut diags);
         diags.into_result().map_err(Diagnostics::sorted)?;
+        let bindings = bound.bindings;
         let nodes = pipeline
             .nodes
             .iter()
@@ -405,6 +414,55 @@ mod tests {
         let fps = plan.fingerprints(&hasher).unwrap();
         let inputs = plan.inputs_of(0, dir.path(), &fps, &hasher).unwrap();
         assert!(matches!(inputs["models.1"], Input::Model(ref m) if m.name == "a"));
+    }
+
+    /// Records what it is asked and reports one problem per model.
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<(String, Vec<String>)>>);
+
+    impl crate::ModelChecker for Recorder {
+        fn check(&self, model: &crate::ModelEntry, uses: &[crate::ModelUse]) -> Diagnostics {
+            let uses = uses
+                .iter()
+                .map(|u| format!("{}.{} ({})", u.node, u.port, u.op))
+                .collect();
+            self.0.lock().unwrap().push((model.name.clone(), uses));
+            crate::Diagnostic::at(
+                Some(model.value_loc.clone()),
+                format!("checked `{}`", model.name),
+            )
+            .into()
+        }
+    }
+
+    #[test]
+    fn the_model_checker_sees_every_model_with_the_nodes_that_use_it() {
+        let recorder = std::sync::Arc::new(Recorder::default());
+        let mut r = Registry::new();
+        r.register(std::sync::Arc::new(Compare));
+        r.set_model_checker(recorder.clone());
+        let yaml = "models:\n  a: {builtin: tiny-test}\n  b: {builtin: tiny-synth}\n  unused: {builtin: tiny-test}\nnodes:\n  c: {op: compare, inputs: {models: [b, a], judge: a}}\n";
+        let p = Pipeline::from_text(yaml, Path::new("p.yaml"), &[]).unwrap();
+        let err = Plan::build(p, &r)
+            .err()
+            .expect("the checker's problems fail the plan");
+        assert_eq!(
+            err.to_string(),
+            "p.yaml:2:16: error: checked `a`\np.yaml:3:16: error: checked `b`\np.yaml:4:21: error: checked `unused`"
+        );
+        let seen = recorder.0.lock().unwrap().clone();
+        let uses = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    "a".into(),
+                    uses(&["c.judge (compare)", "c.models.1 (compare)"])
+                ),
+                ("b".into(), uses(&["c.models.0 (compare)"])),
+                ("unused".into(), uses(&[])),
+            ]
+        );
     }
 
     #[test]

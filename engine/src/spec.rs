@@ -34,6 +34,8 @@ pub struct ModelEntry {
     pub source: ModelSource,
     /// Where `path:` / `builtin:` is written.
     pub source_loc: Loc,
+    /// Where its value is written: problems of the model itself point here.
+    pub value_loc: Loc,
     pub options: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -140,6 +142,9 @@ pub struct Pipeline {
     /// Problems found in the file's shape that did not stop it from being read; the
     /// plan reports them together with its own, so `validate` shows every error at once.
     pub problems: Diagnostics,
+    /// Names of the nodes and models whose entries are too broken to be read (their
+    /// errors are in `problems`): an input naming one is not reported a second time.
+    pub unreadable: Vec<String>,
 }
 
 impl Pipeline {
@@ -269,8 +274,9 @@ fn from_tree(root: &Node, path: &Path, base_dir: PathBuf) -> Result<Pipeline, Di
         None => CpuSpec::default(),
     };
 
+    let mut unreadable = Vec::new();
     let models = match root.get("models") {
-        Some(m) => parse_models(m, &base_dir, &mut diags),
+        Some(m) => parse_models(m, &base_dir, &mut diags, &mut unreadable),
         None => BTreeMap::new(),
     };
 
@@ -279,18 +285,20 @@ fn from_tree(root: &Node, path: &Path, base_dir: PathBuf) -> Result<Pipeline, Di
         Some((_, n)) => match n.as_map() {
             Some(entries) => {
                 for (k, v) in entries {
-                    if let Some(node) = parse_node(k, v, &mut diags) {
-                        if models.contains_key(&node.id) {
-                            diags.push(Diagnostic::at(
-                                Some(node.loc.clone()),
-                                format!(
-                                    "`{}` names both a model and a node; names must be unique",
-                                    node.id
-                                ),
-                            ));
-                        }
-                        nodes.push(node);
+                    let Some(node) = parse_node(k, v, &mut diags) else {
+                        unreadable.extend(k.as_str().map(str::to_string));
+                        continue;
+                    };
+                    if models.contains_key(&node.id) {
+                        diags.push(Diagnostic::at(
+                            Some(node.loc.clone()),
+                            format!(
+                                "`{}` names both a model and a node; names must be unique",
+                                node.id
+                            ),
+                        ));
                     }
+                    nodes.push(node);
                 }
             }
             None if matches!(n.value, Value::Null) => {}
@@ -317,6 +325,7 @@ fn from_tree(root: &Node, path: &Path, base_dir: PathBuf) -> Result<Pipeline, Di
         base_dir,
         path: path.to_path_buf(),
         problems: diags,
+        unreadable,
     })
 }
 
@@ -324,6 +333,7 @@ fn parse_models(
     m: &Node,
     base_dir: &Path,
     diags: &mut Diagnostics,
+    unreadable: &mut Vec<String>,
 ) -> BTreeMap<String, ModelEntry> {
     let mut out = BTreeMap::new();
     let Some(entries) = m.as_map() else {
@@ -356,20 +366,16 @@ fn parse_models(
                 )
                 .with_help("e.g. {builtin: tiny-synth} or {path: /models/Qwen2.5-0.5B-Instruct}"),
             );
+            unreadable.push(name);
             continue;
         };
         check_keys(fields, MODEL_KEYS, &format!("model `{name}`"), diags);
         let builtin = v.entry("builtin");
         let path = v.entry("path");
-        let (source, source_loc) = match (builtin, path) {
-            (Some((bk, b)), None) => match expect_str(b, "`builtin`", diags) {
-                Some(s) => (ModelSource::Builtin(s), bk.loc.clone()),
-                None => continue,
-            },
-            (None, Some((pk, p))) => {
-                let Some(s) = expect_str(p, "`path`", diags) else {
-                    continue;
-                };
+        let source = match (builtin, path) {
+            (Some((bk, b)), None) => expect_str(b, "`builtin`", diags)
+                .map(|s| (ModelSource::Builtin(s), bk.loc.clone(), b.loc.clone())),
+            (None, Some((pk, p))) => expect_str(p, "`path`", diags).map(|s| {
                 let path = resolve(base_dir, &s);
                 if let Some(problem) = model_path_problem(&path) {
                     diags.push(Diagnostic::at(Some(p.loc.clone()), problem));
@@ -379,14 +385,14 @@ fn parse_models(
                 } else {
                     ModelSource::Dir(path)
                 };
-                (source, pk.loc.clone())
-            }
+                (source, pk.loc.clone(), p.loc.clone())
+            }),
             (Some(_), Some((pk, _))) => {
                 diags.push(Diagnostic::at(
                     Some(pk.loc.clone()),
                     format!("model `{name}` has both `builtin` and `path`; give one"),
                 ));
-                continue;
+                None
             }
             (None, None) => {
                 diags.push(
@@ -398,8 +404,12 @@ fn parse_models(
                         "e.g. {builtin: tiny-synth} or {path: /models/Qwen2.5-0.5B-Instruct}",
                     ),
                 );
-                continue;
+                None
             }
+        };
+        let Some((source, source_loc, value_loc)) = source else {
+            unreadable.push(name);
+            continue;
         };
         let options = fields
             .iter()
@@ -413,6 +423,7 @@ fn parse_models(
                 loc: k.loc.clone(),
                 source,
                 source_loc,
+                value_loc,
                 options,
             },
         );

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::binding::binding_key;
 use crate::diag::{Diagnostic, Diagnostics};
-use crate::operator::{Columns, ConfigureContext, Operator, Port, PortKind, Registry};
+use crate::operator::{Columns, ConfigureContext, ModelUse, Operator, Port, PortKind, Registry};
 use crate::spec::{InputSpec, NodeSpec, Pipeline};
 
 use super::{topo_order, Binding, Configured};
@@ -141,30 +141,43 @@ fn free_name(id: &str, taken: &[&str]) -> String {
         .unwrap_or_else(|| id.to_string())
 }
 
+/// Each node's bindings by binding key, and whether any of its inputs failed to bind.
+pub(super) struct Bound {
+    pub bindings: Vec<BTreeMap<String, Binding>>,
+    pub failed: Vec<bool>,
+}
+
 /// Pass 3: every input is bound to a node or a `models:` entry, through a port the
 /// operator has, with a list only on a list port and the kind (table or model) the port
-/// takes; every required port is connected. Returns each node's bindings by binding key.
+/// takes; every required port is connected.
 pub(super) fn bind_ports(
     pipeline: &Pipeline,
     registry: &Registry,
     configured: &[Option<Configured>],
     diags: &mut Diagnostics,
-) -> Vec<BTreeMap<String, Binding>> {
-    let mut bindings = Vec::with_capacity(pipeline.nodes.len());
+) -> Bound {
+    let n = pipeline.nodes.len();
+    let mut bound = Bound {
+        bindings: Vec::with_capacity(n),
+        failed: vec![false; n],
+    };
     for (i, spec) in pipeline.nodes.iter().enumerate() {
         let op = registry.get(&spec.op);
         let mut b = BTreeMap::new();
         for input in &spec.inputs {
-            if let Some(binding) = bind_input(pipeline, configured, i, op, input, diags) {
-                b.insert(binding_key(&input.port, input.index), binding);
+            match bind_input(pipeline, configured, i, op, input, diags) {
+                Some(binding) => {
+                    b.insert(binding_key(&input.port, input.index), binding);
+                }
+                None => bound.failed[i] = true,
             }
         }
         if let Some(op) = op {
-            check_required_ports(spec, op.as_ref(), diags);
+            bound.failed[i] |= !check_required_ports(spec, op.as_ref(), diags);
         }
-        bindings.push(b);
+        bound.bindings.push(b);
     }
-    bindings
+    bound
 }
 
 /// One input of node `i`: its port, its target and the kinds of both; `None` (with a
@@ -251,6 +264,10 @@ fn bind_target(
     if pipeline.models.contains_key(&input.target) {
         return Some(Binding::Model(input.target.clone()));
     }
+    if pipeline.unreadable.contains(&input.target) {
+        // The entry's own error is reported; naming it again would only repeat it.
+        return None;
+    }
     let names = pipeline
         .nodes
         .iter()
@@ -269,12 +286,14 @@ fn bind_target(
     None
 }
 
-/// Every required port of the node's operator has an input.
-fn check_required_ports(spec: &NodeSpec, op: &dyn Operator, diags: &mut Diagnostics) {
+/// Every required port of the node's operator has an input; `false` when one has not.
+fn check_required_ports(spec: &NodeSpec, op: &dyn Operator, diags: &mut Diagnostics) -> bool {
+    let mut ok = true;
     for port in op.ports().iter().filter(|p| p.required) {
         if spec.inputs.iter().any(|inp| inp.port == port.name) {
             continue;
         }
+        ok = false;
         diags.push(
             Diagnostic::at(
                 Some(spec.loc.clone()),
@@ -293,9 +312,45 @@ fn check_required_ports(spec: &NodeSpec, op: &dyn Operator, diags: &mut Diagnost
             )),
         );
     }
+    ok
 }
 
-/// Pass 4: an order in which every node comes after the nodes it reads (file order among
+/// Pass 4: what every `models:` entry points to, checked by the registry's
+/// [`ModelChecker`](crate::ModelChecker) (none registered: nothing is checked), with the
+/// nodes that use the entry and their params. A model produced by a node does not exist
+/// before the run and is not checked.
+pub(super) fn check_models(
+    pipeline: &Pipeline,
+    registry: &Registry,
+    configured: &[Option<Configured>],
+    bindings: &[BTreeMap<String, Binding>],
+    diags: &mut Diagnostics,
+) {
+    let Some(checker) = registry.model_checker() else {
+        return;
+    };
+    for (name, entry) in &pipeline.models {
+        let mut uses = Vec::new();
+        for (i, node_bindings) in bindings.iter().enumerate() {
+            let Some((op, kernel)) = &configured[i] else {
+                continue;
+            };
+            for (port, b) in node_bindings {
+                if matches!(b, Binding::Model(m) if m == name) {
+                    uses.push(ModelUse {
+                        node: pipeline.nodes[i].id.clone(),
+                        op: op.name().to_string(),
+                        port: port.clone(),
+                        params: kernel.params_json(),
+                    });
+                }
+            }
+        }
+        diags.extend(checker.check(entry, &uses));
+    }
+}
+
+/// Pass 5: an order in which every node comes after the nodes it reads (file order among
 /// independent nodes), or `None` with the cycle named as a chain.
 pub(super) fn order_nodes(
     pipeline: &Pipeline,
@@ -319,18 +374,30 @@ pub(super) fn order_nodes(
     }
 }
 
-/// Pass 5: in dependency order, the columns each node requires on its table ports
+/// Pass 6: in dependency order, the columns each node requires on its table ports
 /// against the columns its upstream nodes declare. Returns every node's output columns
 /// (open and empty for a node that did not configure).
+///
+/// Like a compiler, it reports root causes only: the output of a node that failed (its
+/// operator, params or inputs are wrong), or that reads such a node, is unknown, so no
+/// column is found missing on it; its other inputs are still checked.
 pub(super) fn check_columns(
     pipeline: &Pipeline,
     configured: &[Option<Configured>],
-    bindings: &[BTreeMap<String, Binding>],
+    bound: &Bound,
     order: &[usize],
     diags: &mut Diagnostics,
 ) -> Vec<Columns> {
+    let bindings = &bound.bindings;
     let mut columns: Vec<Columns> = vec![Columns::open(Vec::<String>::new()); pipeline.nodes.len()];
+    let mut unknown: Vec<bool> = (0..pipeline.nodes.len())
+        .map(|i| configured[i].is_none() || bound.failed[i])
+        .collect();
     for &i in order {
+        let upstream_unknown = bindings[i]
+            .values()
+            .any(|b| matches!(b, Binding::Node(j) if unknown[*j]));
+        unknown[i] |= upstream_unknown;
         let Some((_, kernel)) = &configured[i] else {
             continue;
         };
@@ -347,6 +414,9 @@ pub(super) fn check_columns(
             else {
                 continue;
             };
+            if unknown[*j] {
+                continue;
+            }
             let upstream_spec = &pipeline.nodes[*j];
             for col in required.iter().filter(|c| upstream.lacks(c)) {
                 let loc = spec
@@ -366,7 +436,11 @@ pub(super) fn check_columns(
                 );
             }
         }
-        columns[i] = kernel.output_columns(&inputs);
+        columns[i] = if unknown[i] {
+            Columns::open(Vec::<String>::new())
+        } else {
+            kernel.output_columns(&inputs)
+        };
     }
     columns
 }
