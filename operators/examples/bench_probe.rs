@@ -115,7 +115,9 @@ fn run_all(
         .map(|c| TraceInput {
             ids: &c.tt.ids,
             boundaries: &c.tt.boundaries,
-            answer: (setup.kind == ProbeKind::Answer).then_some(c.answer_ids.as_slice()),
+            answer: setup
+                .has(ProbeKind::Answer)
+                .then_some(c.answer_ids.as_slice()),
         })
         .collect();
     probe_traces(model, setup, &inputs, packing).expect("probe")
@@ -189,7 +191,7 @@ fn main() {
         let setup = ProbeSetup::new(
             &model,
             &ProbeParams {
-                kind,
+                kind: kind.into(),
                 early_answer_tokens: early,
                 question: question.to_string(),
                 ..Default::default()
@@ -237,7 +239,7 @@ fn main() {
                 .map(|t| t.iter().map(BoundaryProbe::value).collect())
                 .collect();
             dump.push(json!({
-                "kind": name, "suffix": setup.suffix, "yes": setup.yes, "no": setup.no,
+                "kind": name, "suffix": setup.suffix(kind), "yes": setup.yes, "no": setup.no,
                 "values": values, "cached_s": p, "naive_s": n,
             }));
         }

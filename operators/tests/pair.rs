@@ -129,13 +129,19 @@ fn extra_table(run_dir: &Path, node: &str, table: &str) -> RecordBatch {
 
 type Tables = BTreeMap<String, RecordBatch>;
 
-/// `rollouts`, `steps` and `values` of the rollouts, plus `values_min` (no early answers).
+/// `rollouts`, `steps` and `values` of the rollouts (with a two-kind probe's value
+/// columns), plus `values_min` (no early answers) and `values_one_kind` (early answers,
+/// no per-kind value columns).
 fn tables(rs: &[Rollout]) -> Tables {
     let (rollouts, steps, values) = fixtures::tables(rs);
     let mut t = Tables::new();
     t.insert("rollouts".into(), rollouts);
     t.insert("steps".into(), steps);
     t.insert("values_min".into(), values.project(&[0, 1, 2]).unwrap());
+    t.insert(
+        "values_one_kind".into(),
+        values.project(&[0, 1, 2, 3, 4]).unwrap(),
+    );
     t.insert("values".into(), values);
     t
 }
@@ -415,6 +421,19 @@ fn missing_columns_are_reported_at_plan_time() {
     // Outcome pairs only: no early answers needed.
     let yaml = pipeline("{kinds: [outcome]}").replace("{table: values}", "{table: values_min}");
     assert!(plan(dir.path(), &yaml, &t).is_ok());
+    // Cutting on a per-kind value needs a two-kind probe's column, reported at the input.
+    let one_kind =
+        |params: &str| pipeline(params).replace("{table: values}", "{table: values_one_kind}");
+    let err = plan(dir.path(), &one_kind("{cut_value: verbal}"), &t)
+        .err()
+        .unwrap();
+    assert!(
+        err.contains("pipeline.yaml:9:") && err.contains("column `verbal_value` on port `values`"),
+        "{err}"
+    );
+    assert!(!err.contains("answer_value"), "{err}");
+    assert!(plan(dir.path(), &one_kind("{}"), &t).is_ok());
+    assert!(plan(dir.path(), &pipeline("{cut_value: min}"), &t).is_ok());
     // A steps table without `n_tokens`; a misspelt param.
     let mut t2 = t.clone();
     let steps = t2["steps"].project(&[0, 1, 2]).unwrap();

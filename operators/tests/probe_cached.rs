@@ -1,8 +1,8 @@
 //! Cached probing (traces batched, each trace's keys and values computed once, every
-//! boundary's block a run of queries against its own prefix, early answers decoded from
-//! the cache) against the naive computation (one forward per boundary and early token),
-//! the model crate's scoring and greedy generation, on the built-in `tiny-test` model with
-//! random weights.
+//! boundary's blocks runs of queries against their own prefix, early answers decoded from
+//! the cache) against the naive computation (one forward per block and early token), the
+//! model crate's scoring and greedy generation, on the built-in `tiny-test` model with
+//! random weights; for each kind and for both kinds in one pass.
 
 use sspo_engine::{ModelRef, ModelSource};
 use sspo_model::{
@@ -12,7 +12,7 @@ use sspo_model::{
 use sspo_operators::model_port::load_model;
 use sspo_operators::probe::{
     answer_continuation, cut_early_answer, probe_trace, probe_traces, trace_tokens, BoundaryProbe,
-    Packing, ProbeKind, ProbeParams, ProbeSetup, TraceInput, TraceTokens,
+    Packing, ProbeKind, ProbeKinds, ProbeParams, ProbeSetup, TraceInput, TraceTokens,
 };
 
 fn tiny() -> Model {
@@ -47,15 +47,25 @@ fn trace(model: &Model) -> TraceTokens {
     trace_tokens(&model.tokenizer, CONTEXT, &STEPS).unwrap()
 }
 
-fn setup(model: &Model, kind: ProbeKind) -> ProbeSetup {
+fn setup(model: &Model, kind: impl Into<ProbeKinds>) -> ProbeSetup {
     ProbeSetup::new(
         model,
         &ProbeParams {
-            kind,
+            kind: kind.into(),
             ..Default::default()
         },
     )
     .unwrap()
+}
+
+/// Both kinds in one pass.
+fn both() -> ProbeKinds {
+    ProbeKinds::new(vec![ProbeKind::Verbal, ProbeKind::Answer])
+}
+
+/// Each kind alone, then both in one pass.
+fn every_kind() -> [ProbeKinds; 3] {
+    [ProbeKind::Verbal.into(), ProbeKind::Answer.into(), both()]
 }
 
 fn answer_ids(model: &Model) -> Vec<i64> {
@@ -121,31 +131,65 @@ const CACHED: Packing = Packing::Cached {
 };
 
 #[test]
-fn cached_equals_naive_for_both_kinds() {
+fn cached_equals_naive_for_every_kind() {
     let model = tiny();
     let t = trace(&model);
     let a = answer_ids(&model);
-    for kind in [ProbeKind::Verbal, ProbeKind::Answer] {
-        let s = setup(&model, kind);
-        let ans = (kind == ProbeKind::Answer).then_some(a.as_slice());
+    for kinds in every_kind() {
+        let s = setup(&model, kinds.clone());
+        let ans = s.has(ProbeKind::Answer).then_some(a.as_slice());
         let cached = probe_trace(&model, &s, &t.ids, &t.boundaries, ans, CACHED).unwrap();
         let naive = probe_trace(&model, &s, &t.ids, &t.boundaries, ans, Packing::Naive).unwrap();
         assert_same(&cached, &naive);
         for p in &cached {
-            let v = p.value().expect("value");
-            assert!((0.0..=1.0).contains(&v), "{v}");
-            match kind {
-                ProbeKind::Verbal => {
-                    assert!(p.p_yes.unwrap() > 0.0 && p.answer_logprob.is_none());
-                    assert!(p.early_ids.is_empty());
-                }
-                ProbeKind::Answer => {
-                    assert!(p.p_yes.is_none() && p.answer_logprob.unwrap() < 0.0);
-                    assert!(!p.early_ids.is_empty() && p.early_ids.len() <= 8);
-                }
+            for kind in [ProbeKind::Verbal, ProbeKind::Answer] {
+                let v = p.value_of(kind);
+                assert_eq!(v.is_some(), kinds.has(kind), "{kinds:?}");
+                assert!(v.is_none_or(|v| (0.0..=1.0).contains(&v)), "{v:?}");
+            }
+            if kinds.has(ProbeKind::Verbal) {
+                assert!(p.p_yes.unwrap() > 0.0);
+            }
+            if kinds.has(ProbeKind::Answer) {
+                assert!(p.answer_logprob.unwrap() < 0.0);
+                assert!(!p.early_ids.is_empty() && p.early_ids.len() <= 8);
+            } else {
+                assert!(p.early_ids.is_empty());
             }
         }
     }
+}
+
+/// Both kinds in one pass give each kind's own numbers: the verbal block and the answer
+/// block of a boundary never see each other.
+#[test]
+fn both_kinds_in_one_pass_equal_each_kind_alone() {
+    let model = tiny();
+    let t = trace(&model);
+    let a = answer_ids(&model);
+    let probe = |kinds: ProbeKinds, ans: Option<&[i64]>| {
+        let s = setup(&model, kinds);
+        probe_trace(&model, &s, &t.ids, &t.boundaries, ans, CACHED).unwrap()
+    };
+    let combined = probe(both(), Some(&a));
+    let verbal = probe(ProbeKind::Verbal.into(), None);
+    let answer = probe(ProbeKind::Answer.into(), Some(&a));
+    for (k, ((c, v), w)) in combined.iter().zip(&verbal).zip(&answer).enumerate() {
+        close(c.p_yes, v.p_yes, &format!("p_yes at {k}"));
+        close(c.p_no, v.p_no, &format!("p_no at {k}"));
+        close(
+            c.answer_logprob,
+            w.answer_logprob,
+            &format!("answer at {k}"),
+        );
+        assert_eq!(c.early_ids, w.early_ids, "early answer at {k}");
+    }
+    // The order written does not change the numbers (it only picks `value`).
+    let reversed = probe(
+        ProbeKinds::new(vec![ProbeKind::Answer, ProbeKind::Verbal]),
+        Some(&a),
+    );
+    assert_eq!(combined, reversed);
 }
 
 /// Traces of different lengths, contexts and answers: one batch, several batches (a small
@@ -170,15 +214,15 @@ fn batched_traces_equal_naive_in_input_order() {
             model.tokenizer.encode(&text, false).unwrap()
         })
         .collect();
-    for kind in [ProbeKind::Verbal, ProbeKind::Answer] {
-        let s = setup(&model, kind);
+    for kinds in every_kind() {
+        let s = setup(&model, kinds);
         let inputs: Vec<TraceInput<'_>> = traces
             .iter()
             .zip(&answers)
             .map(|(t, a)| TraceInput {
                 ids: &t.ids,
                 boundaries: &t.boundaries,
-                answer: (kind == ProbeKind::Answer).then_some(a.as_slice()),
+                answer: s.has(ProbeKind::Answer).then_some(a.as_slice()),
             })
             .collect();
         let naive = probe_traces(&model, &s, &inputs, Packing::Naive).unwrap();
@@ -209,7 +253,7 @@ fn answer_logprob_equals_continuation_scoring() {
         .iter()
         .map(|&b| {
             let mut context = t.ids[..b].to_vec();
-            context.extend(&s.suffix);
+            context.extend(&s.trigger);
             ScoreRequest {
                 context,
                 continuation: a.clone(),
@@ -227,14 +271,25 @@ fn answer_logprob_equals_continuation_scoring() {
 fn early_answers_equal_greedy_generation() {
     let model = tiny();
     let t = trace(&model);
-    let s = setup(&model, ProbeKind::Answer);
-    let cached = probe_trace(&model, &s, &t.ids, &t.boundaries, None, CACHED).unwrap();
+    let a = answer_ids(&model);
+    for kinds in [ProbeKind::Answer.into(), both()] {
+        let s = setup(&model, kinds);
+        // Alone, without a reference; with both kinds, beside the forced answer and the
+        // verbal question, which the early answer must not see.
+        let ans = s.has(ProbeKind::Verbal).then_some(a.as_slice());
+        let cached = probe_trace(&model, &s, &t.ids, &t.boundaries, ans, CACHED).unwrap();
+        assert_greedy(&model, &s, &t, &cached);
+    }
+}
+
+/// The early answers of `cached` are what the model crate's greedy generation writes.
+fn assert_greedy(model: &Model, s: &ProbeSetup, t: &TraceTokens, cached: &[BoundaryProbe]) {
     let requests: Vec<GenerationRequest> = t
         .boundaries
         .iter()
         .map(|&b| {
             let mut prompt_ids = t.ids[..b].to_vec();
-            prompt_ids.extend(&s.suffix);
+            prompt_ids.extend(&s.trigger);
             GenerationRequest {
                 prompt_ids,
                 params: SamplingParams {
@@ -268,7 +323,7 @@ fn verbal_probe_needs_single_token_forms() {
     let err = ProbeSetup::new(
         &model,
         &ProbeParams {
-            kind: ProbeKind::Verbal,
+            kind: ProbeKind::Verbal.into(),
             yes: vec![" Certainly".into()],
             ..Default::default()
         },
@@ -280,7 +335,7 @@ fn verbal_probe_needs_single_token_forms() {
     let s = ProbeSetup::new(
         &model,
         &ProbeParams {
-            kind: ProbeKind::Verbal,
+            kind: ProbeKind::Verbal.into(),
             yes: vec![" Yes".into(), " Yes indeed".into()],
             ..Default::default()
         },
@@ -313,7 +368,7 @@ fn empty_trigger_reads_the_boundary_token() {
         },
     )
     .unwrap();
-    assert!(s.suffix.is_empty());
+    assert!(s.trigger.is_empty());
     let a = model
         .tokenizer
         .encode(&answer_continuation("", "5"), false)

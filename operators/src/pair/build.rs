@@ -56,7 +56,7 @@ fn compression_pair(
     let last = &r.steps[k_total - 1];
     let (cut, concluding) = match p.cut {
         CutMode::Vvp => {
-            let cut = select::vvp_cut(&r.values, &r.early_correct, p.tau, p.settle)
+            let cut = select::vvp_cut(&r.cut_values, &r.early_correct, p.tau, p.settle)
                 .ok_or(Counter::NoCutBoundary)?;
             let early = r.early_answer[cut]
                 .as_deref()

@@ -21,10 +21,26 @@ pub struct Rollout<'a> {
     pub correct: Option<bool>,
     pub steps: Vec<(&'a str, Option<i32>)>,
     pub values: Vec<Boundary<'a>>,
+    /// A two-kind probe's `(verbal_value, answer_value)` per row of `values`; rows past
+    /// its end are null.
+    pub kind_values: Vec<(Option<f64>, Option<f64>)>,
 }
 
-/// `(rollouts, steps, values)` of the rollouts. Prompts read `What is 5 + 7? (<id>)`;
-/// contexts wrap them as `Question: <prompt>\nAnswer:`.
+impl Rollout<'_> {
+    /// Sets the two-kind probe's value columns, one entry per row of `values`.
+    pub fn with_kind_values(mut self, verbal: &[f64], answer: &[f64]) -> Self {
+        self.kind_values = verbal
+            .iter()
+            .zip(answer)
+            .map(|(&v, &a)| (Some(v), Some(a)))
+            .collect();
+        self
+    }
+}
+
+/// `(rollouts, steps, values)` of the rollouts; `values` has the columns of a two-kind
+/// probe (`verbal_value`, `answer_value`: null unless set with `with_kind_values`).
+/// Prompts read `What is 5 + 7? (<id>)`; contexts wrap them as `Question: <prompt>\nAnswer:`.
 pub fn tables(rs: &[Rollout]) -> (RecordBatch, RecordBatch, RecordBatch) {
     let mut rid = StringBuilder::new();
     let mut id = StringBuilder::new();
@@ -41,6 +57,8 @@ pub fn tables(rs: &[Rollout]) -> (RecordBatch, RecordBatch, RecordBatch) {
     let mut v_val = Float64Builder::new();
     let mut v_ec = BooleanBuilder::new();
     let mut v_ea = StringBuilder::new();
+    let mut v_verbal = Float64Builder::new();
+    let mut v_answer = Float64Builder::new();
     for r in rs {
         rid.append_value(r.rid);
         id.append_value(r.id);
@@ -54,12 +72,15 @@ pub fn tables(rs: &[Rollout]) -> (RecordBatch, RecordBatch, RecordBatch) {
             s_text.append_value(t);
             s_tok.append_option(*n);
         }
-        for (k, v, ec, ea) in &r.values {
+        for (i, (k, v, ec, ea)) in r.values.iter().enumerate() {
             v_key.append_value(r.rid);
             v_step.append_value(*k);
             v_val.append_option(*v);
             v_ec.append_option(*ec);
             v_ea.append_option(*ea);
+            let (verbal, answer) = r.kind_values.get(i).copied().unwrap_or_default();
+            v_verbal.append_option(verbal);
+            v_answer.append_option(answer);
         }
     }
     let batch = |cols: Vec<(&str, ArrayRef)>| RecordBatch::try_from_iter(cols).unwrap();
@@ -84,6 +105,8 @@ pub fn tables(rs: &[Rollout]) -> (RecordBatch, RecordBatch, RecordBatch) {
             ("value", Arc::new(v_val.finish())),
             ("early_correct", Arc::new(v_ec.finish())),
             ("early_answer", Arc::new(v_ea.finish())),
+            ("verbal_value", Arc::new(v_verbal.finish())),
+            ("answer_value", Arc::new(v_answer.finish())),
         ]),
     )
 }
@@ -107,6 +130,7 @@ pub fn overthinker<'a>(rid: &'a str, id: &'a str) -> Rollout<'a> {
             (3, Some(0.9), Some(true), Some("12")),
             (4, Some(0.95), Some(true), Some("12")),
         ],
+        kind_values: Vec::new(),
     }
 }
 
@@ -127,6 +151,7 @@ pub fn broken_recheck<'a>(rid: &'a str, id: &'a str) -> Rollout<'a> {
             (2, Some(0.2), Some(false), Some("13")),
             (3, Some(0.1), Some(false), Some("13")),
         ],
+        kind_values: Vec::new(),
     }
 }
 

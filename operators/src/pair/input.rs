@@ -3,12 +3,12 @@
 
 use std::collections::{HashMap, HashSet};
 
-use arrow::array::{Array, BooleanArray, RecordBatch, StringArray};
+use arrow::array::{Array, BooleanArray, PrimitiveArray, RecordBatch, StringArray};
 use arrow::datatypes::{Float64Type, Int64Type};
 use sspo_engine::OpError;
 
 use super::gae::{self, GaeConfig, StepAdvantages};
-use super::{Counter, PairParams};
+use super::{Counter, CutValue, PairParams};
 use crate::columns::{cell, flag, value, PortTable};
 
 /// One step row of the `steps` table.
@@ -24,6 +24,8 @@ struct StepRow {
 struct ValueRow {
     step: i64,
     value: Option<f64>,
+    /// The value the `vvp` cut compares with `tau` (`cut_value`).
+    cut: Option<f64>,
     early_correct: Option<bool>,
     early_answer: Option<String>,
 }
@@ -40,6 +42,30 @@ pub struct Inputs {
     values: HashMap<String, Vec<ValueRow>>,
     pub(super) orphan_steps: u64,
     pub(super) orphan_values: u64,
+}
+
+/// The `values` columns `cut_value` combines, when it reads others than `value` and the
+/// cut uses them; a missing one is an error naming the probe that writes it.
+fn cut_columns(
+    values: &PortTable<'_>,
+    p: &PairParams,
+) -> Result<Option<Vec<PrimitiveArray<Float64Type>>>, OpError> {
+    if !p.needs_early_answers() || p.cut_value == CutValue::Value {
+        return Ok(None);
+    }
+    let mut cols = Vec::new();
+    for &name in p.cut_value.columns() {
+        let col = values.numbers::<Float64Type>(name)?.ok_or_else(|| {
+            OpError::msg(format!(
+                "the `values` table has no column `{name}`, which `cut_value: {}` reads: \
+                 probe with `kind: [verbal, answer]` (a value column per kind), or cut on \
+                 `value`",
+                p.cut_value.name()
+            ))
+        })?;
+        cols.push(col);
+    }
+    Ok(Some(cols))
 }
 
 /// Rollout rows grouped by query, in order of first appearance.
@@ -106,10 +132,12 @@ impl Inputs {
         let v_early_correct = values.flags("early_correct")?;
         let v_early_answer = values.utf8("early_answer")?;
         let n_values = values.table.num_rows();
+        let cut_cols = cut_columns(&values, p)?;
         if p.needs_early_answers() {
-            let hint = "`cut: vvp` needs the early-exit answers of a `kind: answer` probe \
-                        (with `early_answer_tokens` > 0); use such a probe, `cut: random`, \
-                        or `kinds: [outcome]`";
+            let hint = "`cut: vvp` needs the early-exit answers of a probe whose kinds include \
+                        `answer` (`kind: answer`, or `kind: [verbal, answer]` to cut on verbal \
+                        values) with `early_answer_tokens` > 0; use such a probe, \
+                        `cut: random`, or `kinds: [outcome]`";
             match (&v_early_correct, &v_early_answer) {
                 (Some(ec), Some(_)) => {
                     if n_values > 0 && ec.null_count() == n_values {
@@ -137,9 +165,18 @@ impl Inputs {
                 orphan_values += 1;
                 continue;
             }
+            let v = value(&v_value, i);
+            let cut = match &cut_cols {
+                Some(cols) => {
+                    let row: Vec<Option<f64>> = cols.iter().map(|c| value(c, i)).collect();
+                    p.cut_value.combine(&row)
+                }
+                None => v,
+            };
             value_map.entry(k.to_string()).or_default().push(ValueRow {
                 step,
-                value: value(&v_value, i),
+                value: v,
+                cut,
                 early_correct: v_early_correct.as_ref().and_then(|a| flag(a, i)),
                 early_answer: v_early_answer
                     .as_ref()
@@ -228,6 +265,7 @@ impl Inputs {
         let mut values = Vec::with_capacity(k_total + 1);
         let mut early_correct = Vec::with_capacity(k_total + 1);
         let mut early_answer = Vec::with_capacity(k_total + 1);
+        let mut cut_values = Vec::with_capacity(k_total + 1);
         for k in 0..=k_total as i64 {
             // Rows are sorted by step; the first row of a boundary wins.
             let r = rows
@@ -239,6 +277,8 @@ impl Inputs {
                 return Err(Counter::NanValues);
             }
             values.push(v);
+            // A missing cut value never passes the cut test (NaN ≥ τ is false).
+            cut_values.push(r.cut.unwrap_or(f64::NAN));
             early_correct.push(r.early_correct);
             early_answer.push(r.early_answer.clone());
         }
@@ -253,6 +293,7 @@ impl Inputs {
             steps: texts,
             tokens,
             values,
+            cut_values,
             early_correct,
             early_answer,
             adv,
@@ -272,6 +313,8 @@ pub(super) struct Rollout {
     pub tokens: Vec<i64>,
     /// `V_0..V_K` as probed.
     pub values: Vec<f64>,
+    /// The values the `vvp` cut compares with `tau` (`cut_value`), NaN where missing.
+    pub cut_values: Vec<f64>,
     pub early_correct: Vec<Option<bool>>,
     pub early_answer: Vec<Option<String>>,
     pub adv: StepAdvantages,

@@ -37,7 +37,7 @@ use sspo_engine::{
 use build::build_chunk;
 pub use input::{Groups, Inputs};
 pub use output::{ADVANTAGE_COLUMNS, PAIR_COLUMNS};
-pub use params::{CutMode, PairKind, PairParams};
+pub use params::{CutMode, CutValue, PairKind, PairParams};
 
 /// The `pair` operator.
 pub struct Pair;
@@ -64,7 +64,7 @@ impl Operator for Pair {
             ),
             Port::table(
                 "values",
-                "values from `probe`: `rollout_id`, `step` (boundary 0..K), `value` (and `early_answer`, `early_correct` for `cut: vvp`)",
+                "values from `probe`: `rollout_id`, `step` (boundary 0..K), `value` (and `early_answer`, `early_correct` and the `cut_value` columns for `cut: vvp`)",
             ),
         ];
         PORTS
@@ -104,6 +104,11 @@ impl NodeKernel for PairKernel {
         let mut values = s(&["rollout_id", "step", "value"]);
         if self.params.needs_early_answers() {
             values.extend(s(&["early_answer", "early_correct"]));
+            for c in self.params.cut_value.columns() {
+                if !values.iter().any(|v| v == c) {
+                    values.push(c.to_string());
+                }
+            }
         }
         vec![
             (

@@ -27,6 +27,68 @@ impl CutMode {
     }
 }
 
+/// Which value the `vvp` cut compares with `tau`: a column of the `values` table, or a
+/// combination of a two-kind probe's value columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CutValue {
+    /// `value` (the probe's first kind; the value the advantages use).
+    #[default]
+    Value,
+    /// `verbal_value`: `p_yes / (p_yes + p_no)`.
+    Verbal,
+    /// `answer_value`: `exp(mean log-prob of the reference answer)`.
+    Answer,
+    /// `min(verbal_value, answer_value)`: both must be at least `tau`.
+    Min,
+    /// `(verbal_value + answer_value) / 2`.
+    Mean,
+    /// `verbal_value · answer_value`.
+    Product,
+}
+
+impl CutValue {
+    /// The `values` columns it reads.
+    pub fn columns(self) -> &'static [&'static str] {
+        match self {
+            CutValue::Value => &["value"],
+            CutValue::Verbal => &["verbal_value"],
+            CutValue::Answer => &["answer_value"],
+            CutValue::Min | CutValue::Mean | CutValue::Product => &["verbal_value", "answer_value"],
+        }
+    }
+
+    /// The cut value from the values of [`CutValue::columns`], in that order; `None` if
+    /// any is missing.
+    pub fn combine(self, v: &[Option<f64>]) -> Option<f64> {
+        let v: Vec<f64> = v.iter().copied().collect::<Option<_>>()?;
+        match (self, v.as_slice()) {
+            (CutValue::Value | CutValue::Verbal | CutValue::Answer, [x]) => Some(*x),
+            (CutValue::Min, [a, b]) => Some(a.min(*b)),
+            (CutValue::Mean, [a, b]) => Some((a + b) / 2.0),
+            (CutValue::Product, [a, b]) => Some(a * b),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CutValue::Value => "value",
+            CutValue::Verbal => "verbal",
+            CutValue::Answer => "answer",
+            CutValue::Min => "min",
+            CutValue::Mean => "mean",
+            CutValue::Product => "product",
+        }
+    }
+
+    /// The default, which is left out of the fingerprint so that configs written before
+    /// the param existed keep theirs.
+    fn is_value(&self) -> bool {
+        *self == CutValue::Value
+    }
+}
+
 /// Which pairs `pair` emits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -66,6 +128,9 @@ pub struct PairParams {
     pub min_saving: i64,
     /// `vvp` (default) or `random` (the ablation).
     pub cut: CutMode,
+    /// The value the `vvp` cut compares with `tau`.
+    #[serde(skip_serializing_if = "CutValue::is_value")]
+    pub cut_value: CutValue,
     /// Pair kinds to emit (default both).
     pub kinds: Vec<PairKind>,
     /// Outcome pairs per query (0 = none).
@@ -87,6 +152,7 @@ impl Default for PairParams {
             settle: 1,
             min_saving: 8,
             cut: CutMode::Vvp,
+            cut_value: CutValue::Value,
             kinds: vec![PairKind::Compression, PairKind::Outcome],
             outcome_pairs: 1,
             answer_format: AnswerFormat::Auto,

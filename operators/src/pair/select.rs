@@ -9,8 +9,8 @@ use crate::tasks::AnswerFormat;
 
 /// `k*`: the first boundary `k` in `1..K` (a step boundary that leaves at least one step
 /// to cut) with `V_k ≥ τ` whose early-exit answer is correct, and so are the next
-/// `settle − 1` boundaries (as far as the trace goes: boundary `K` at most). `values` and
-/// `early_correct` hold boundaries `0..=K`.
+/// `settle − 1` boundaries (as far as the trace goes: boundary `K` at most). `values` (the
+/// cut values, `cut_value`; a NaN never passes) and `early_correct` hold boundaries `0..=K`.
 pub fn vvp_cut(
     values: &[f64],
     early_correct: &[Option<bool>],

@@ -457,3 +457,152 @@ fn default_fingerprint_json_is_unchanged() {
         r#"{"answer_format":"auto","chunk_rows":256,"cut":"random","eps":1e-6,"gamma":1.0,"kinds":["compression","outcome"],"lambda":0.95,"length_cost":0.01,"min_saving":8,"outcome_pairs":1,"settle":2,"tau":0.5}"#
     );
 }
+
+/// `overthinker` probed with both kinds: `value` (the answer value, as a `[answer, verbal]`
+/// probe writes it) settles at k = 1, the verbal value at k = 2, their minimum at k = 3.
+fn probed_both_ways<'a>(rid: &'a str, id: &'a str) -> Rollout<'a> {
+    overthinker(rid, id).with_kind_values(&[0.2, 0.3, 0.7, 0.9, 0.9], &[0.1, 0.8, 0.2, 0.8, 0.9])
+}
+
+fn cutting_on(cut_value: CutValue) -> PairParams {
+    PairParams {
+        kinds: vec![PairKind::Compression],
+        cut_value,
+        ..PairParams::default()
+    }
+}
+
+#[test]
+fn cut_values_read_the_chosen_columns() {
+    let want: [(CutValue, [f64; 5]); 6] = [
+        (CutValue::Value, [0.1, 0.8, 0.85, 0.9, 0.95]),
+        (CutValue::Verbal, [0.2, 0.3, 0.7, 0.9, 0.9]),
+        (CutValue::Answer, [0.1, 0.8, 0.2, 0.8, 0.9]),
+        (CutValue::Min, [0.1, 0.3, 0.2, 0.8, 0.9]),
+        (CutValue::Mean, [0.15, 0.55, 0.45, 0.85, 0.9]),
+        (CutValue::Product, [0.02, 0.24, 0.14, 0.72, 0.81]),
+    ];
+    for (cv, expected) in want {
+        let p = cutting_on(cv);
+        let (r, s, v) = tables(&[probed_both_ways("q#0", "q")]);
+        let inputs = Inputs::load(&r, &s, &v, &p).unwrap();
+        let rollout = inputs.rollout(0, &p.gae()).unwrap();
+        for (got, w) in rollout.cut_values.iter().zip(expected) {
+            assert!((got - w).abs() < 1e-12, "{cv:?}: {:?}", rollout.cut_values);
+        }
+        // The advantages always use `value`, whatever the cut reads.
+        assert_eq!(rollout.values, [0.1, 0.8, 0.85, 0.9, 0.95]);
+    }
+}
+
+#[test]
+fn compression_cuts_on_verbal_values() {
+    let rs = || [probed_both_ways("q#0", "q")];
+    let cut_of = |cv| {
+        let out = run(&cutting_on(cv), &rs());
+        (ints(&out.pairs, "cut_step").first().copied().flatten(), out)
+    };
+    // `value` and the answer value settle at k = 1.
+    assert_eq!(cut_of(CutValue::Value).0, Some(1));
+    assert_eq!(cut_of(CutValue::Answer).0, Some(1));
+    // The verbal value reaches τ = 0.5 only at k = 2: the pair keeps two steps.
+    let (cut, out) = cut_of(CutValue::Verbal);
+    assert_eq!(cut, Some(2));
+    assert_eq!(
+        list_strs(&out.pairs, "chosen_steps", 0),
+        [
+            "5 + 7 = 12.\n\n",
+            "Check: 12 - 7 = 5.\n\n",
+            "The answer is 12."
+        ]
+    );
+    assert_eq!(ints(&out.pairs, "saved_tokens")[0], Some(12));
+    // Their mean passes at k = 1 (0.55); their minimum only at k = 3, where cutting
+    // saves nothing: counted, no pair.
+    assert_eq!(cut_of(CutValue::Mean).0, Some(1));
+    let (cut, out) = cut_of(CutValue::Min);
+    assert_eq!(cut, None);
+    assert_eq!(out.counts.get(&Counter::SavingBelowMin), Some(&1));
+    // The product is below τ until k = 3 as well.
+    assert_eq!(cut_of(CutValue::Product).0, None);
+}
+
+#[test]
+fn a_missing_cut_value_never_passes() {
+    // The verbal value of boundary 2 is null: the verbal cut moves on to k = 3.
+    let mut r = probed_both_ways("q#0", "q");
+    r.kind_values[2].0 = None;
+    let p = cutting_on(CutValue::Verbal);
+    let out = run(&p, &[r]);
+    assert_eq!(out.counts.get(&Counter::SavingBelowMin), Some(&1));
+    // The rollout still has its advantages (from `value`).
+    assert_eq!(out.advantages.num_rows(), 4);
+}
+
+#[test]
+fn cut_value_columns_are_required_and_explained() {
+    let ctx = ConfigureContext {
+        node_id: "p".into(),
+        base_dir: ".".into(),
+        seed: 1,
+    };
+    let values_of = |spec: serde_json::Value| -> Vec<String> {
+        let k = Pair
+            .configure(&Params::from_json(&spec), &ctx)
+            .ok()
+            .unwrap();
+        let req = k.required_columns();
+        req.into_iter().find(|(p, _)| *p == "values").unwrap().1
+    };
+    let min = values_of(json!({"cut_value": "min"}));
+    for c in ["value", "early_correct", "verbal_value", "answer_value"] {
+        assert!(min.iter().any(|v| v == c), "{c}: {min:?}");
+    }
+    assert_eq!(min.iter().filter(|v| *v == "value").count(), 1);
+    // Only the cut reads them: not with random cuts or outcome pairs alone.
+    for spec in [
+        json!({"cut_value": "verbal", "cut": "random"}),
+        json!({"cut_value": "verbal", "kinds": ["outcome"]}),
+    ] {
+        assert!(!values_of(spec).iter().any(|v| v == "verbal_value"));
+    }
+    // A run whose values lack the column says which probe writes it.
+    let p = cutting_on(CutValue::Verbal);
+    let (r, s, v) = tables(&[overthinker("q#0", "q")]);
+    let v = v.project(&[0, 1, 2, 3, 4]).unwrap();
+    let err = Inputs::load(&r, &s, &v, &p).err().unwrap().to_string();
+    assert!(
+        err.contains("verbal_value") && err.contains("kind: [verbal, answer]"),
+        "{err}"
+    );
+    // A misspelt value is located with a suggestion.
+    let d = Pair
+        .configure(&Params::from_json(&json!({"cut_value": "verbl"})), &ctx)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(d.contains("did you mean `verbal`"), "{d}");
+}
+
+#[test]
+fn cut_value_enters_the_fingerprint_unless_default() {
+    let ctx = ConfigureContext {
+        node_id: "p".into(),
+        base_dir: ".".into(),
+        seed: 1,
+    };
+    let fingerprint = |spec: serde_json::Value| {
+        Pair.configure(&Params::from_json(&spec), &ctx)
+            .ok()
+            .unwrap()
+            .params_json()
+    };
+    let default = fingerprint(json!({}));
+    assert_eq!(default.get("cut_value"), None);
+    assert_eq!(fingerprint(json!({"cut_value": "value"})), default);
+    for cv in ["verbal", "answer", "min", "mean", "product"] {
+        let f = fingerprint(json!({ "cut_value": cv }));
+        assert_eq!(f["cut_value"], json!(cv));
+        assert_ne!(f, default);
+    }
+}

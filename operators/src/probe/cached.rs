@@ -202,9 +202,14 @@ impl Passes for CachedPasses<'_> {
             cols.extend(std::iter::repeat_n(Col::Pad, pad));
             self.rows.push(Row { trace: t, cols });
         }
-        // Room for the first pass and every extension (one column per block per token).
-        let most_blocks = blocks.iter().map(Vec::len).max().unwrap_or(0);
-        let capacity = len + self.early_tokens * most_blocks;
+        // Room for the first pass and every extension (one column per early-answer block
+        // per token).
+        let most_early = blocks
+            .iter()
+            .map(|bs| bs.iter().filter(|b| b.early).count())
+            .max()
+            .unwrap_or(0);
+        let capacity = len + self.early_tokens * most_early;
         self.cache = Some(
             self.model
                 .decoder

@@ -7,22 +7,26 @@
 //! * `kind: answer` — the suffix is an answer trigger ("The answer is");
 //!   `V_k = exp(mean log π(a* tokens | ...))`, teacher-forced and length-normalised, plus the
 //!   greedy early-exit answer and whether it is correct.
+//! * `kind: [verbal, answer]` — both in one pass, a block per kind at every boundary: both
+//!   values (`verbal_value`, `answer_value`; `value` is the first kind's) and the early
+//!   answer, so verbal values can cut compression pairs.
 //!
 //! The traces of a chunk are probed in batches. One forward pass computes each trace's
-//! keys and values once and, beside them, one block per boundary that attends to the
-//! trace before its boundary and causally to itself, with positions continuing from the
-//! boundary. The greedy early answers then grow from the cache, one token per open block
+//! keys and values once and, beside them, one block per boundary and kind that attends to
+//! the trace before its boundary and causally to itself, with positions continuing from
+//! the boundary. The greedy early answers then grow from the cache, one token per open block
 //! per pass. [`Packing::Naive`] (one forward per boundary and token) gives the same
 //! numbers and exists for tests and benchmarks.
 //!
-//! Layout: `params` (the keys), `setup` (the probe's tokens), `passes` (the interface of
-//! the forward passes), `cached` and `naive` (its two implementations), `trace` (the
-//! blocks and the early answers of a batch of traces), `early` (the early-exit answer),
-//! `inputs` and `output` (the tables); this file is the operator.
+//! Layout: `params` and `kinds` (the keys), `setup` (the probe's tokens), `passes` (the
+//! interface of the forward passes), `cached` and `naive` (its two implementations),
+//! `trace` (the blocks and the early answers of a batch of traces), `early` (the
+//! early-exit answer), `inputs` and `output` (the tables); this file is the operator.
 
 mod cached;
 mod early;
 mod inputs;
+mod kinds;
 mod naive;
 mod output;
 mod params;
@@ -51,23 +55,14 @@ pub use crate::step_tokens::{trace_tokens, TraceTokens};
 pub use early::{cut_early_answer, early_is_correct};
 use inputs::{RolloutColumns, StepIndex};
 use output::ProbeBuilder;
-pub use params::{ProbeKind, ProbeParams, DEFAULT_QUESTION, DEFAULT_TRIGGER};
+pub use output::{probe_columns, KIND_VALUE_COLUMNS, PROBE_COLUMNS};
+pub use params::{ProbeKind, ProbeKinds, ProbeParams, DEFAULT_QUESTION, DEFAULT_TRIGGER};
 pub use passes::Packing;
 pub use setup::{answer_continuation, ProbeSetup};
 pub use trace::{probe_trace, probe_traces, BoundaryProbe, TraceInput};
 
 /// The `probe` operator.
 pub struct Probe;
-
-/// Output columns after the key column.
-pub const PROBE_COLUMNS: [&str; 6] = [
-    "step",
-    "value",
-    "p_yes",
-    "answer_logprob",
-    "early_answer",
-    "early_correct",
-];
 
 impl Operator for Probe {
     fn name(&self) -> &'static str {
@@ -136,7 +131,7 @@ impl NodeKernel for ProbeKernel {
             .get("steps")
             .is_none_or(|c| c.contains("rollout_id") || c.open);
         let mut names = vec![key_column(has)];
-        names.extend(PROBE_COLUMNS);
+        names.extend(probe_columns(&self.params.kind));
         Columns::exact(names)
     }
 
@@ -256,7 +251,7 @@ impl ProbeKernel {
     ) -> Result<ProbeChunk, OpError> {
         let p = &self.params;
         let max_pos = model.decoder.config().max_position_embeddings as usize;
-        let mut b = ProbeBuilder::default();
+        let mut b = ProbeBuilder::new(&p.kind);
         let (mut too_long, mut missing_keys, mut empty_contexts) = (0, 0, 0);
         let mut prepared: Vec<Prepared<'_>> = Vec::new();
         for i in range {
@@ -284,8 +279,8 @@ impl ProbeKernel {
                 &p.answer_format,
                 input.answer.as_ref().and_then(|a| cell(a, i)),
             );
-            let answer_ids = match (&reference, setup.kind) {
-                (Some(a), ProbeKind::Answer) => Some(
+            let answer_ids = match &reference {
+                Some(a) if setup.has(ProbeKind::Answer) => Some(
                     encode_context(model, &answer_continuation(&p.trigger, a))
                         .map_err(|e| OpError::context(format!("rollout `{k}`"), e))?,
                 ),
@@ -325,7 +320,7 @@ impl ProbeKernel {
         for (t, probes) in prepared.iter().zip(&probed) {
             let k = t.key;
             for (step, probe) in probes.iter().enumerate() {
-                let early = (setup.kind == ProbeKind::Answer && setup.early_tokens > 0)
+                let early = (setup.early_tokens > 0)
                     .then(|| -> Result<String, OpError> {
                         let text = model
                             .tokenizer
@@ -387,5 +382,45 @@ mod tests {
             set,
             r#"{"answer_format":"auto","chat_template":true,"chunk_rows":4,"early_answer_tokens":3,"kind":"verbal","no":["N"],"prompt_template":"{prompt}","question":"?","trigger":"\n\nThe answer is","yes":["Y"]}"#
         );
+        // A one-kind list is that kind; several kinds are a list, in the order written
+        // (the first gives `value`).
+        assert_eq!(fingerprint(json!({"kind": ["answer"]})), default);
+        let both = |kinds| {
+            let f: serde_json::Value =
+                serde_json::from_str(&fingerprint(json!({ "kind": kinds }))).unwrap();
+            f["kind"].clone()
+        };
+        assert_eq!(
+            both(json!(["verbal", "answer"])),
+            json!(["verbal", "answer"])
+        );
+        assert_eq!(
+            both(json!(["answer", "verbal"])),
+            json!(["answer", "verbal"])
+        );
+    }
+
+    #[test]
+    fn combined_kinds_declare_their_value_columns() {
+        let ctx = ConfigureContext {
+            node_id: "n".into(),
+            base_dir: ".".into(),
+            seed: 1,
+        };
+        let columns = |v: serde_json::Value| match Probe.configure(&Params::from_json(&v), &ctx) {
+            Ok(k) => k.output_columns(&BTreeMap::new()).names,
+            Err(d) => panic!("{d}"),
+        };
+        let single = columns(json!({"kind": "verbal"}));
+        assert!(!single.iter().any(|c| c == "verbal_value"), "{single:?}");
+        let both = columns(json!({"kind": ["verbal", "answer"]}));
+        for c in ["value", "early_correct", "verbal_value", "answer_value"] {
+            assert!(both.iter().any(|n| n == c), "{c}: {both:?}");
+        }
+        let err = match Probe.configure(&Params::from_json(&json!({"kind": []})), &ctx) {
+            Ok(_) => panic!("an empty kind list configured"),
+            Err(d) => d.to_string(),
+        };
+        assert!(err.contains("`kind`"), "{err}");
     }
 }

@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use sspo_engine::{Diagnostics, Params};
 
+pub use super::kinds::ProbeKinds;
+
 use crate::rollout::check_prompt_template;
 use crate::tasks::AnswerFormat;
 
@@ -28,8 +30,9 @@ pub enum ProbeKind {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProbeParams {
-    /// What the probe asks.
-    pub kind: ProbeKind,
+    /// What the probe asks: one kind, or a list of kinds probed in one pass (the first
+    /// gives `value`).
+    pub kind: ProbeKinds,
     /// Suffix of the verbal probe.
     pub question: String,
     /// Surface forms of "yes" (only those that are one token are used).
@@ -38,7 +41,8 @@ pub struct ProbeParams {
     pub no: Vec<String>,
     /// Suffix of the answer probe.
     pub trigger: String,
-    /// Greedy tokens decoded after the trigger for the early-exit answer (0 = none).
+    /// Greedy tokens decoded after the trigger for the early-exit answer (0 = none); only
+    /// when the kinds include `answer`.
     pub early_answer_tokens: usize,
     /// How answers are read and compared.
     pub answer_format: AnswerFormat,
@@ -59,7 +63,7 @@ pub struct ProbeParams {
 impl Default for ProbeParams {
     fn default() -> Self {
         ProbeParams {
-            kind: ProbeKind::Answer,
+            kind: ProbeKind::Answer.into(),
             question: DEFAULT_QUESTION.into(),
             yes: vec![" Yes".into(), "Yes".into(), " yes".into()],
             no: vec![" No".into(), "No".into(), " no".into()],
@@ -77,8 +81,8 @@ impl Default for ProbeParams {
 impl ProbeParams {
     /// Semantic checks, located at the offending key.
     pub fn check(&self, params: &Params) -> Diagnostics {
-        let mut d = Diagnostics::new();
-        if self.kind == ProbeKind::Verbal {
+        let mut d = self.kind.check(params);
+        if self.kind.has(ProbeKind::Verbal) {
             if self.yes.is_empty() {
                 d.push(params.error(&["yes"], "`yes` needs at least one surface form"));
             }

@@ -26,6 +26,8 @@ pub(super) struct Block {
     /// How many leading `tokens` the early answer continues from (the suffix); the
     /// teacher-forced rest is invisible to it.
     pub(super) shared: usize,
+    /// Whether an early answer grows from this block (after its shared tokens).
+    pub(super) early: bool,
     /// Read points: `p` = the distribution of the token after `tokens[..p]`.
     pub(super) reads: Vec<Read>,
 }

@@ -7,7 +7,7 @@ use super::cached::CachedPasses;
 use super::early::cut_early_answer;
 use super::naive::NaivePasses;
 use super::params::ProbeKind;
-use super::passes::{Block, Extend, Packing, Passes, Read};
+use super::passes::{Block, Extend, Packing, Passes, Read, ReadOut};
 use super::setup::ProbeSetup;
 
 /// What one boundary's probe gives.
@@ -24,18 +24,36 @@ pub struct BoundaryProbe {
 }
 
 impl BoundaryProbe {
-    /// `V_k`, when the kind provides it.
-    pub fn value(&self) -> Option<f64> {
-        match (self.p_yes, self.p_no, self.answer_logprob) {
-            (Some(y), Some(n), _) if y + n > 0.0 => Some(y / (y + n)),
-            (_, _, Some(lp)) => Some(lp.exp().clamp(0.0, 1.0)),
+    /// The verbal value `p_yes / (p_yes + p_no)`, when probed.
+    pub fn verbal_value(&self) -> Option<f64> {
+        match (self.p_yes, self.p_no) {
+            (Some(y), Some(n)) if y + n > 0.0 => Some(y / (y + n)),
             _ => None,
         }
+    }
+
+    /// The answer value `exp(answer_logprob)`, when probed with a reference.
+    pub fn answer_value(&self) -> Option<f64> {
+        self.answer_logprob.map(|lp| lp.exp().clamp(0.0, 1.0))
+    }
+
+    /// The value of `kind`.
+    pub fn value_of(&self, kind: ProbeKind) -> Option<f64> {
+        match kind {
+            ProbeKind::Verbal => self.verbal_value(),
+            ProbeKind::Answer => self.answer_value(),
+        }
+    }
+
+    /// `V_k` of a single-kind probe: the verbal value, else the answer value.
+    pub fn value(&self) -> Option<f64> {
+        self.verbal_value().or_else(|| self.answer_value())
     }
 }
 
 /// One trace to probe: its tokens, its boundaries (each in `1..=ids.len()`) and, for the
-/// answer kind, the tokenised answer continuation (see [`answer_continuation`]).
+/// answer kind, the tokenised answer continuation (see [`answer_continuation`]; ignored
+/// without the answer kind).
 ///
 /// [`answer_continuation`]: super::answer_continuation
 #[derive(Debug, Clone, Copy)]
@@ -105,8 +123,10 @@ pub fn probe_traces(
 /// room for the early answers.
 fn row_columns(setup: &ProbeSetup, t: &TraceInput<'_>) -> usize {
     let end = t.boundaries.iter().max().copied().unwrap_or(0);
-    let block = setup.suffix.len() + t.answer.map_or(0, <[i64]>::len);
-    end + t.boundaries.len() * (block + setup.early_tokens)
+    let answer = t.answer.map_or(0, <[i64]>::len);
+    let blocks =
+        setup.block_tokens(ProbeKind::Verbal, 0) + setup.block_tokens(ProbeKind::Answer, answer);
+    end + t.boundaries.len() * (blocks + setup.early_tokens)
 }
 
 /// Batches of trace indices, similar lengths together (less padding), each within
@@ -130,54 +150,115 @@ fn batches(setup: &ProbeSetup, traces: &[TraceInput<'_>], budget: usize) -> Vec<
     out
 }
 
-/// The blocks of one trace: per boundary, the suffix and (answer kind) the teacher-forced
-/// answer, with the reads of the values and the first early-answer token.
-fn trace_blocks(setup: &ProbeSetup, t: &TraceInput<'_>) -> Vec<Block> {
-    let s = setup.suffix.len();
-    let answer = t
-        .answer
-        .filter(|a| !a.is_empty() && setup.kind == ProbeKind::Answer);
-    let want_early = setup.kind == ProbeKind::Answer && setup.early_tokens > 0;
+/// What a block asks: its boundary's index among the trace's boundaries, and its kind.
+#[derive(Debug, Clone, Copy)]
+struct Role {
+    boundary: usize,
+    kind: ProbeKind,
+}
+
+/// The blocks of one trace: per boundary, one block per kind (verbal first, whatever the
+/// order written, so a kind's numbers do not depend on it).
+fn trace_blocks(setup: &ProbeSetup, t: &TraceInput<'_>) -> (Vec<Block>, Vec<Role>) {
+    let answer = t.answer.filter(|a| !a.is_empty());
+    let kinds: Vec<ProbeKind> = [ProbeKind::Verbal, ProbeKind::Answer]
+        .into_iter()
+        .filter(|&k| setup.has(k))
+        .collect();
     t.boundaries
         .iter()
-        .map(|&b| {
-            let mut tokens = setup.suffix.clone();
-            let mut reads = Vec::new();
-            match setup.kind {
-                ProbeKind::Verbal => {
-                    let mut forms = setup.yes.clone();
-                    forms.extend(&setup.no);
-                    reads.push(Read::Dist {
-                        point: s,
-                        tokens: forms,
+        .enumerate()
+        .flat_map(|(i, &b)| {
+            kinds.iter().map(move |&kind| {
+                let role = Role { boundary: i, kind };
+                (kind_block(setup, kind, b, answer), role)
+            })
+        })
+        .unzip()
+}
+
+/// One block at `boundary`. Verbal: the question, read at its end. Answer: the trigger and
+/// the teacher-forced answer, with the reads of its log-probs and of the first
+/// early-answer token.
+fn kind_block(
+    setup: &ProbeSetup,
+    kind: ProbeKind,
+    boundary: usize,
+    answer: Option<&[i64]>,
+) -> Block {
+    let mut tokens = setup.suffix(kind).to_vec();
+    let s = tokens.len();
+    let early = kind == ProbeKind::Answer && setup.early_tokens > 0;
+    let mut reads = Vec::new();
+    match kind {
+        ProbeKind::Verbal => {
+            let mut forms = setup.yes.clone();
+            forms.extend(&setup.no);
+            reads.push(Read::Dist {
+                point: s,
+                tokens: forms,
+            });
+        }
+        ProbeKind::Answer => {
+            if early {
+                reads.push(Read::Dist {
+                    point: s,
+                    tokens: Vec::new(),
+                });
+            }
+            if let Some(a) = answer {
+                for (j, &tok) in a.iter().enumerate() {
+                    reads.push(Read::Target {
+                        point: s + j,
+                        token: tok,
                     });
                 }
-                ProbeKind::Answer => {
-                    if want_early {
-                        reads.push(Read::Dist {
-                            point: s,
-                            tokens: Vec::new(),
-                        });
-                    }
-                    if let Some(a) = answer {
-                        for (j, &tok) in a.iter().enumerate() {
-                            reads.push(Read::Target {
-                                point: s + j,
-                                token: tok,
-                            });
-                        }
-                        tokens.extend(a);
-                    }
-                }
+                tokens.extend(a);
             }
-            Block {
-                boundary: b,
-                tokens,
-                shared: s,
-                reads,
+        }
+    }
+    Block {
+        boundary,
+        tokens,
+        shared: s,
+        early,
+        reads,
+    }
+}
+
+/// Fills `probe` from the reads of one of its blocks. Returns the first early-answer
+/// token when the block reads one.
+fn take_reads(
+    setup: &ProbeSetup,
+    block: &Block,
+    kind: ProbeKind,
+    reads: Vec<ReadOut>,
+    probe: &mut BoundaryProbe,
+) -> Option<i64> {
+    let mut it = reads.into_iter();
+    match kind {
+        ProbeKind::Verbal => {
+            if let Some((lp, _)) = it.next() {
+                let ny = setup.yes.len();
+                let p = |v: &[f32]| v.iter().map(|&x| (x as f64).exp()).sum::<f64>();
+                probe.p_yes = Some(p(&lp[..ny]));
+                probe.p_no = Some(p(&lp[ny..]));
             }
-        })
-        .collect()
+            None
+        }
+        ProbeKind::Answer => {
+            let first = if block.early {
+                it.next().map(|(_, g)| g)
+            } else {
+                None
+            };
+            let lps: Vec<f64> = it.map(|(lp, _)| lp[0] as f64).collect();
+            if !lps.is_empty() {
+                probe.answer_logprob = Some(lps.iter().sum::<f64>() / lps.len() as f64);
+            }
+            first
+        }
+    }
 }
 
 /// Probes one batch of traces: the values and first early tokens in one pass, then the
@@ -189,58 +270,43 @@ fn probe_batch(
     passes: &mut dyn Passes,
 ) -> Result<Vec<Vec<BoundaryProbe>>, ModelError> {
     let device = model.decoder.device();
-    let blocks: Vec<Vec<Block>> = traces.iter().map(|t| trace_blocks(setup, t)).collect();
+    let (blocks, roles): (Vec<Vec<Block>>, Vec<Vec<Role>>) =
+        traces.iter().map(|t| trace_blocks(setup, t)).unzip();
     let results = {
         let _t = profile::scope("probe_blocks", device);
         passes.blocks(&blocks)?
     };
-    let want_early = setup.kind == ProbeKind::Answer && setup.early_tokens > 0;
     let mut out: Vec<Vec<BoundaryProbe>> = Vec::with_capacity(traces.len());
     // Unfinished early answers: (trace, block).
     let mut open: Vec<(usize, usize)> = Vec::new();
     for (t, per_block) in results.into_iter().enumerate() {
-        let forced = traces[t]
-            .answer
-            .is_some_and(|a| !a.is_empty() && setup.kind == ProbeKind::Answer);
-        let mut probes = vec![BoundaryProbe::default(); per_block.len()];
+        let mut probes = vec![BoundaryProbe::default(); traces[t].boundaries.len()];
         for (k, res) in per_block.into_iter().enumerate() {
-            let mut it = res.into_iter();
-            let probe = &mut probes[k];
-            match setup.kind {
-                ProbeKind::Verbal => {
-                    if let Some((lp, _)) = it.next() {
-                        let ny = setup.yes.len();
-                        let p = |v: &[f32]| v.iter().map(|&x| (x as f64).exp()).sum::<f64>();
-                        probe.p_yes = Some(p(&lp[..ny]));
-                        probe.p_no = Some(p(&lp[ny..]));
-                    }
-                }
-                ProbeKind::Answer => {
-                    if want_early {
-                        if let Some((_, g)) = it.next() {
-                            if !setup.eos.contains(&g) {
-                                probe.early_ids.push(g);
-                                if !early_done(model, &probe.early_ids, setup.early_tokens)? {
-                                    open.push((t, k));
-                                }
-                            }
-                        }
-                    }
-                    if forced {
-                        let lps: Vec<f64> = it.map(|(lp, _)| lp[0] as f64).collect();
-                        if !lps.is_empty() {
-                            probe.answer_logprob = Some(lps.iter().sum::<f64>() / lps.len() as f64);
-                        }
-                    }
+            let Role { boundary, kind } = roles[t][k];
+            let probe = &mut probes[boundary];
+            let Some(g) = take_reads(setup, &blocks[t][k], kind, res, probe) else {
+                continue;
+            };
+            if !setup.eos.contains(&g) {
+                probe.early_ids.push(g);
+                if !early_done(model, &probe.early_ids, setup.early_tokens)? {
+                    open.push((t, k));
                 }
             }
         }
         out.push(probes);
     }
     while !open.is_empty() {
+        let early = |t: usize, k: usize| roles[t][k].boundary;
         let steps: Vec<Extend> = open
             .iter()
-            .map(|&(t, k)| (t, k, out[t][k].early_ids.last().copied().unwrap_or(0)))
+            .map(|&(t, k)| {
+                (
+                    t,
+                    k,
+                    out[t][early(t, k)].early_ids.last().copied().unwrap_or(0),
+                )
+            })
             .collect();
         let next = {
             let _t = profile::scope("probe_early", device);
@@ -251,8 +317,9 @@ fn probe_batch(
             if setup.eos.contains(&g) {
                 continue;
             }
-            out[t][k].early_ids.push(g);
-            if !early_done(model, &out[t][k].early_ids, setup.early_tokens)? {
+            let ids = &mut out[t][early(t, k)].early_ids;
+            ids.push(g);
+            if !early_done(model, ids, setup.early_tokens)? {
                 still.push((t, k));
             }
         }
