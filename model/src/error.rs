@@ -89,6 +89,23 @@ pub enum ModelError {
         source: crate::gguf::GgufError,
     },
 
+    /// An error about one file's contents, with that file (for errors that do not name
+    /// it themselves).
+    #[error("{}: {source}", path.display())]
+    InFile {
+        path: PathBuf,
+        #[source]
+        source: Box<ModelError>,
+    },
+
+    /// A node renders prompts with the chat template, but the model has none.
+    #[error("{} has no chat template ({looked_in})", path.display())]
+    NoChatTemplate {
+        path: PathBuf,
+        /// Where one was looked for.
+        looked_in: &'static str,
+    },
+
     /// libtorch raised an error.
     #[error("torch error: {0}")]
     Torch(#[from] tch::TchError),

@@ -94,21 +94,13 @@ pub struct Model {
 impl Model {
     /// Loads a HF model directory (e.g. a local copy of `Qwen/Qwen2.5-0.5B-Instruct`).
     pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Result<Self> {
-        let cfg = ModelConfig::from_json(&read_json(&dir.join("config.json"))?)?;
+        let cfg = read_config(dir)?;
         let decoder = Decoder::build(&cfg, opts.dtype, opts.device, Init::Zeros)?;
         let params: HashMap<String, tch::Tensor> = decoder.var_store().variables();
         weights::load_into(dir, &params)?;
         let tokenizer = TextTokenizer::from_dir(dir)?;
         let chat_template = ChatTemplate::from_dir(dir, &tokenizer)?;
-        let gen_path = dir.join("generation_config.json");
-        let generation = if gen_path.exists() {
-            GenerationDefaults::from_json(&read_json(&gen_path)?)?
-        } else {
-            GenerationDefaults {
-                raw: json!({}),
-                ..Default::default()
-            }
-        };
+        let generation = read_generation(dir)?;
         Ok(Model {
             decoder,
             tokenizer,
@@ -203,9 +195,28 @@ impl Model {
         if gen.eos_token_ids.is_empty() {
             gen.eos_token_ids = self.eos_token_ids();
         }
-        write_json(&dir.join("generation_config.json"), &gen.to_json())
+        write_json(&dir.join(GENERATION_FILE), &gen.to_json())
     }
 }
+
+/// The `config.json` of a model directory.
+pub(crate) fn read_config(dir: &Path) -> Result<ModelConfig> {
+    ModelConfig::from_json(&read_json(&dir.join("config.json"))?)
+}
+
+/// The `generation_config.json` of a model directory (defaults when absent).
+pub(crate) fn read_generation(dir: &Path) -> Result<GenerationDefaults> {
+    let path = dir.join(GENERATION_FILE);
+    if !path.exists() {
+        return Ok(GenerationDefaults {
+            raw: json!({}),
+            ..Default::default()
+        });
+    }
+    GenerationDefaults::from_json(&read_json(&path)?)
+}
+
+pub(crate) const GENERATION_FILE: &str = "generation_config.json";
 
 fn remove_if_exists(path: &Path) -> Result<()> {
     if path.exists() {

@@ -7,10 +7,13 @@
 //! * [`generate::Generator`]: batched KV-cache generation with continuous batching.
 //! * [`score`]: per-token log-probs of continuations.
 //! * [`train`]: log-probs with gradient, AdamW, schedule, losses, exact checkpoints.
+//! * [`check`]: what loading a directory or GGUF file would refuse, found without reading
+//!   weights ([`layout`]: the parameters a config implies).
 
 pub mod builtin;
 pub mod cache;
 pub mod chat;
+pub mod check;
 pub mod config;
 pub mod cpu;
 pub mod decoder;
@@ -18,6 +21,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod hub_dir;
+pub mod layout;
 pub mod logits;
 pub mod packed;
 pub mod profile;

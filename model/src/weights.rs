@@ -78,12 +78,22 @@ fn read_header(file: &mut std::fs::File, path: &Path) -> Result<(Vec<Entry>, u64
         path: path.to_path_buf(),
         source,
     };
+    let file_len = file.metadata().map_err(io)?.len();
+    if file_len < 8 {
+        return Err(bad(format!(
+            "the file has {file_len} bytes, fewer than the 8 of the header length (truncated?)"
+        )));
+    }
     let mut len = [0u8; 8];
     file.read_exact(&mut len).map_err(io)?;
     let n = u64::from_le_bytes(len);
-    let file_len = file.metadata().map_err(io)?.len();
-    if n > 100_000_000 || n + 8 > file_len {
+    if n > 100_000_000 {
         return Err(bad(format!("implausible header length {n}")));
+    }
+    if n + 8 > file_len {
+        return Err(bad(format!(
+            "the file ends inside its header ({n} header bytes declared, the file has {file_len}; truncated?)"
+        )));
     }
     let mut header = vec![0u8; n as usize];
     file.read_exact(&mut header).map_err(io)?;
@@ -127,54 +137,71 @@ fn read_header(file: &mut std::fs::File, path: &Path) -> Result<(Vec<Entry>, u64
     Ok((entries, 8 + n))
 }
 
-/// Copies every tensor of the checkpoint in `dir` into the matching entry of `params`
-/// (converting dtype and device). Checkpoint tensors without a matching parameter are ignored
-/// (e.g. `lm_head.weight` of a tied model); a parameter with no tensor is an error. Tensors are
-/// read one at a time, so peak memory is the model plus its largest tensor.
-pub(crate) fn load_into(dir: &Path, params: &HashMap<String, Tensor>) -> Result<()> {
+/// A tensor of a checkpoint that fills a parameter, checked against it: where its bytes
+/// are and how to read them.
+struct Planned {
+    param: String,
+    kind: Kind,
+    shape: Vec<i64>,
+    /// Absolute offset of the data in its file.
+    offset: u64,
+    n_bytes: usize,
+}
+
+/// Reads the headers of the checkpoint in `dir` (never its data) and matches its tensors
+/// with the parameters `expected` (name to shape): every parameter gets a tensor of its
+/// shape, in a dtype we read, whose bytes fit the shape and lie inside the file.
+/// Checkpoint tensors without a matching parameter are ignored (e.g. `lm_head.weight` of
+/// a tied model). Returns each file with its tensors in data order.
+fn plan(dir: &Path, expected: &HashMap<String, Vec<i64>>) -> Result<Vec<(PathBuf, Vec<Planned>)>> {
     let mut filled: BTreeSet<&str> = BTreeSet::new();
+    let mut files = Vec::new();
     for path in checkpoint_files(dir)? {
-        let io = |source| ModelError::Io {
+        let mut file = std::fs::File::open(&path).map_err(|source| ModelError::Io {
             path: path.clone(),
             source,
-        };
-        let mut file = std::fs::File::open(&path).map_err(io)?;
+        })?;
         let (mut entries, data_start) = read_header(&mut file, &path)?;
         entries.sort_by_key(|e| e.start);
-        let mut buf = Vec::new();
+        let mut planned = Vec::new();
         for e in entries {
-            let Some((key, param)) = params.get_key_value(e.name.as_str()) else {
+            let Some((key, shape)) = expected.get_key_value(e.name.as_str()) else {
                 continue;
             };
-            if e.shape != param.size() {
-                return Err(ModelError::ShapeMismatch {
-                    name: e.name,
-                    expected: param.size(),
-                    found: e.shape,
+            if &e.shape != shape {
+                return Err(ModelError::InFile {
+                    path: path.clone(),
+                    source: Box::new(ModelError::ShapeMismatch {
+                        name: e.name,
+                        expected: shape.clone(),
+                        found: e.shape,
+                    }),
                 });
             }
             let kind = kind_of(&e.dtype, &path, &e.name)?;
             let numel: i64 = e.shape.iter().product();
-            let nbytes = (e.end - e.start) as usize;
-            if nbytes != numel as usize * kind.elt_size_in_bytes() {
+            let n_bytes = (e.end - e.start) as usize;
+            if n_bytes != numel as usize * kind.elt_size_in_bytes() {
                 return Err(ModelError::Safetensors {
                     path: path.clone(),
                     message: format!(
-                        "tensor {:?}: {nbytes} bytes for shape {:?}",
+                        "tensor {:?}: {n_bytes} bytes for shape {:?}",
                         e.name, e.shape
                     ),
                 });
             }
-            buf.resize(nbytes, 0);
-            file.seek(SeekFrom::Start(data_start + e.start))
-                .map_err(io)?;
-            file.read_exact(&mut buf).map_err(io)?;
-            let src = Tensor::f_from_data_size(&buf, &e.shape, kind)?;
-            tch::no_grad(|| param.shallow_clone().f_copy_(&src))?;
             filled.insert(key.as_str());
+            planned.push(Planned {
+                param: key.clone(),
+                kind,
+                shape: e.shape,
+                offset: data_start + e.start,
+                n_bytes,
+            });
         }
+        files.push((path, planned));
     }
-    let mut missing: Vec<&String> = params
+    let mut missing: Vec<&String> = expected
         .keys()
         .filter(|k| !filled.contains(k.as_str()))
         .collect();
@@ -184,8 +211,38 @@ pub(crate) fn load_into(dir: &Path, params: &HashMap<String, Tensor>) -> Result<
             name: name.to_string(),
             dir: dir.to_path_buf(),
         }),
-        None => Ok(()),
+        None => Ok(files),
     }
+}
+
+/// Checks the checkpoint in `dir` against the parameters `expected` (name to shape) as
+/// [`load_into`] would, reading only the files' headers.
+pub(crate) fn check(dir: &Path, expected: &HashMap<String, Vec<i64>>) -> Result<()> {
+    plan(dir, expected).map(|_| ())
+}
+
+/// Copies every tensor of the checkpoint in `dir` into the matching entry of `params`
+/// (converting dtype and device), once [`plan`] has checked them all. Tensors are read one
+/// at a time, so peak memory is the model plus its largest tensor.
+pub(crate) fn load_into(dir: &Path, params: &HashMap<String, Tensor>) -> Result<()> {
+    let shapes: HashMap<String, Vec<i64>> =
+        params.iter().map(|(k, t)| (k.clone(), t.size())).collect();
+    let mut buf = Vec::new();
+    for (path, planned) in plan(dir, &shapes)? {
+        let io = |source| ModelError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = std::fs::File::open(&path).map_err(io)?;
+        for p in planned {
+            buf.resize(p.n_bytes, 0);
+            file.seek(SeekFrom::Start(p.offset)).map_err(io)?;
+            file.read_exact(&mut buf).map_err(io)?;
+            let src = Tensor::f_from_data_size(&buf, &p.shape, p.kind)?;
+            tch::no_grad(|| params[&p.param].shallow_clone().f_copy_(&src))?;
+        }
+    }
+    Ok(())
 }
 
 struct Bytes {

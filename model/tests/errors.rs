@@ -61,7 +61,12 @@ fn shape_mismatch_names_the_tensor() {
     let dir = saved("shape");
     edit_config(&dir, |c| c["intermediate_size"] = 64.into());
     let err = load(&dir).unwrap_err();
-    match &err {
+    // The error names the weights file and, inside it, the tensor.
+    let ModelError::InFile { path, source } = &err else {
+        panic!("expected a shape mismatch in a file, got {err}");
+    };
+    assert!(path.ends_with("model.safetensors"), "{err}");
+    match source.as_ref() {
         ModelError::ShapeMismatch {
             name,
             expected,

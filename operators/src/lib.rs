@@ -8,6 +8,7 @@ use sspo_engine::Registry;
 pub mod columns;
 pub mod evaluate;
 pub mod generate;
+pub mod model_check;
 pub mod model_port;
 pub mod pair;
 pub mod probe;
@@ -18,7 +19,7 @@ pub mod step_tokens;
 pub mod tasks;
 pub mod train;
 
-/// Every built-in operator.
+/// Every built-in operator, and the check of `models:` entries on disk.
 pub fn registry() -> Registry {
     let mut r = Registry::new();
     r.register(Arc::new(source::Source));
@@ -28,5 +29,6 @@ pub fn registry() -> Registry {
     r.register(Arc::new(pair::Pair));
     r.register(Arc::new(evaluate::Evaluate));
     r.register(Arc::new(train::Train));
+    r.set_model_checker(Arc::new(model_check::DiskModels));
     r
 }

@@ -66,19 +66,67 @@ impl TextTokenizer {
     }
 }
 
-fn load(file: &GgufFile, opts: &LoadOptions) -> GgufResult<Model> {
+/// What a GGUF file describes, read from its metadata: no tensor data is touched.
+struct Described {
+    arch: Arch,
+    vocab: tokenizer::Vocabulary,
+    cfg: crate::ModelConfig,
+    chat_template: Option<ChatTemplate>,
+}
+
+fn describe(file: &GgufFile) -> GgufResult<Described> {
     let md = file.metadata();
     let arch = Arch::of(md)?;
     let vocab = tokenizer::vocabulary(md, config::context_length(md, arch)?)?;
     let cfg = config::model_config(file, arch, &vocab)?;
-    let decoder = Decoder::build(&cfg, opts.dtype, opts.device, Init::Zeros)?;
-    let params = decoder.var_store().variables();
-    let loads = tensors::plan(file, arch, &cfg, &params)?;
-    tensors::fill(file, &loads, &params)?;
     let chat_template = md
         .string("tokenizer.chat_template")?
         .map(|source| ChatTemplate::new(source, vocab.special_tokens.clone()))
         .transpose()?;
+    Ok(Described {
+        arch,
+        vocab,
+        cfg,
+        chat_template,
+    })
+}
+
+/// Checks `path` as [`Model::load_gguf`] would, without dequantising anything: the header,
+/// metadata and tensor infos (each tensor inside the file), the architecture, tokenizer and
+/// configuration, every tensor's name, shape and type against the configuration, and the
+/// chat template (compiled when present; required when `needs_chat_template`).
+pub fn check_file(path: &Path, needs_chat_template: bool) -> Result<()> {
+    let file = GgufFile::open(path)?;
+    let described = describe(&file).map_err(|e| e.at(path))?;
+    tensors::plan(
+        &file,
+        described.arch,
+        &described.cfg,
+        &crate::layout::parameter_shapes(&described.cfg),
+    )
+    .map_err(|e| e.at(path))?;
+    if needs_chat_template && described.chat_template.is_none() {
+        return Err(ModelError::NoChatTemplate {
+            path: path.to_path_buf(),
+            looked_in: "no tokenizer.chat_template metadata",
+        });
+    }
+    Ok(())
+}
+
+fn load(file: &GgufFile, opts: &LoadOptions) -> GgufResult<Model> {
+    let Described {
+        arch,
+        vocab,
+        cfg,
+        chat_template,
+    } = describe(file)?;
+    let decoder = Decoder::build(&cfg, opts.dtype, opts.device, Init::Zeros)?;
+    let params = decoder.var_store().variables();
+    let shapes: std::collections::HashMap<String, Vec<i64>> =
+        params.iter().map(|(k, t)| (k.clone(), t.size())).collect();
+    let loads = tensors::plan(file, arch, &cfg, &shapes)?;
+    tensors::fill(file, &loads, &params)?;
     // Generation stops at EOS and, for chat models that have one, at the end-of-turn token.
     let mut eos_token_ids: Vec<i64> = vocab.eos.into_iter().collect();
     eos_token_ids.extend(vocab.eot.filter(|t| !eos_token_ids.contains(t)));

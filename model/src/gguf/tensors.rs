@@ -76,27 +76,28 @@ pub(crate) struct Load<'f> {
     rotary_heads: Option<i64>,
 }
 
-/// Matches every tensor of `file` with a parameter (same shape, a type that dequantises)
-/// and checks that every parameter gets one, before anything is dequantised.
+/// Matches every tensor of `file` with a parameter of `expected` (name to shape: same
+/// shape, a type that dequantises) and checks that every parameter gets one, before
+/// anything is dequantised.
 pub(crate) fn plan<'f>(
     file: &'f GgufFile,
     arch: Arch,
     cfg: &ModelConfig,
-    params: &HashMap<String, Tensor>,
+    expected: &HashMap<String, Vec<i64>>,
 ) -> GgufResult<Vec<Load<'f>>> {
-    let mut loads = Vec::with_capacity(params.len());
+    let mut loads = Vec::with_capacity(expected.len());
     for info in file.tensors() {
-        let param = parameter_name(&info.name)
-            .filter(|p| params.contains_key(p))
+        let (param, shape) = parameter_name(&info.name)
+            .and_then(|p| expected.get_key_value(&p))
             .ok_or_else(|| unexpected(info, arch))?;
-        let expected = params[&param].size();
-        if info.shape() != expected {
+        if &info.shape() != shape {
             return Err(GgufError::ShapeMismatch {
                 tensor: info.name.clone(),
-                expected,
+                expected: shape.clone(),
                 found: info.shape(),
             });
         }
+        let param = param.clone();
         check_supported(info)?;
         let rotary_heads = match arch {
             Arch::Llama if param.contains(".self_attn.q_proj.") => Some(cfg.num_attention_heads),
@@ -110,7 +111,7 @@ pub(crate) fn plan<'f>(
         });
     }
     let covered: HashSet<&str> = loads.iter().map(|l| l.param.as_str()).collect();
-    let mut absent: Vec<&String> = params
+    let mut absent: Vec<&String> = expected
         .keys()
         .filter(|p| !covered.contains(p.as_str()))
         .collect();

@@ -1,0 +1,153 @@
+//! The plan's model check ([`sspo_engine::ModelChecker`]): every `models:` entry is
+//! checked on disk as the loaders of [`crate::model_port`] would read it, without reading
+//! weights ([`sspo_model::check`]), so a broken model fails `validate` and a run before
+//! any node runs, rather than when the node that needs it loads it.
+//!
+//! Nodes ask for the chat template with their `chat_template` param (generate, probe,
+//! train and evaluate share it through [`crate::rollout`]): a model used by such a node
+//! must have one.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use serde_json::Value;
+use sspo_engine::{Diagnostic, Diagnostics, ModelChecker, ModelEntry, ModelSource, ModelUse};
+use sspo_model::builtin::BUILTIN_NAMES;
+use sspo_model::{DType, GgufError, ModelError};
+
+/// Checks HF directories, GGUF files and built-in names.
+pub struct DiskModels;
+
+impl ModelChecker for DiskModels {
+    fn check(&self, model: &ModelEntry, uses: &[ModelUse]) -> Diagnostics {
+        let mut diags = Diagnostics::new();
+        let chat_users: Vec<&str> = uses
+            .iter()
+            .filter(|u| u.params.get("chat_template") == Some(&Value::Bool(true)))
+            .map(|u| u.node.as_str())
+            .collect();
+        let problems = match &model.source {
+            ModelSource::Builtin(name) => {
+                if !BUILTIN_NAMES.contains(&name.as_str()) {
+                    diags.push(
+                        Diagnostic::at(
+                            Some(model.value_loc.clone()),
+                            format!("model `{}`: unknown built-in model `{name}`", model.name),
+                        )
+                        .help_for(name, BUILTIN_NAMES.iter().copied()),
+                    );
+                }
+                Vec::new()
+            }
+            // A path that is not there, or a directory without config.json, is the spec's
+            // own error already.
+            ModelSource::Dir(dir) if dir.join("config.json").is_file() => {
+                sspo_model::check::check_dir(dir, !chat_users.is_empty())
+            }
+            ModelSource::Gguf(file) if file.is_file() => {
+                sspo_model::check::check_gguf(file, !chat_users.is_empty())
+                    .err()
+                    .into_iter()
+                    .collect()
+            }
+            ModelSource::Dir(_) | ModelSource::Gguf(_) => Vec::new(),
+        };
+        for problem in problems {
+            diags.push(diagnostic(model, &problem, &chat_users));
+        }
+        if let Some(d) = dtype_problem(model) {
+            diags.push(d);
+        }
+        diags
+    }
+}
+
+/// A problem of the model's files, at its `path:` value.
+fn diagnostic(model: &ModelEntry, problem: &ModelError, chat_users: &[&str]) -> Diagnostic {
+    let at = Some(model.value_loc.clone());
+    let name = &model.name;
+    if let ModelError::NoChatTemplate { .. } = problem {
+        return Diagnostic::at(
+            at,
+            format!(
+                "model `{name}`: {problem}, but {} {} one with `chat_template: true`",
+                nodes_phrase(chat_users),
+                if chat_users.len() == 1 {
+                    "asks for"
+                } else {
+                    "ask for"
+                },
+            ),
+        )
+        .with_help(format!(
+            "set `chat_template: false` on {}, or add the model's chat template to it",
+            nodes_phrase(chat_users)
+        ));
+    }
+    let d = Diagnostic::at(at, format!("model `{name}`: {problem}"));
+    match help(problem) {
+        Some(h) => d.with_help(h),
+        None => d,
+    }
+}
+
+/// "node `a`" or "nodes `a`, `b`".
+fn nodes_phrase(nodes: &[&str]) -> String {
+    let names: Vec<String> = nodes.iter().map(|n| format!("`{n}`")).collect();
+    match names.len() {
+        1 => format!("node {}", names[0]),
+        _ => format!("nodes {}", names.join(", ")),
+    }
+}
+
+/// The help for weights that do not match their config.
+const MISFIT: &str = "the weights do not fit config.json: were they saved from another model?";
+
+fn help(problem: &ModelError) -> Option<String> {
+    let file_name = |p: &Path| p.file_name().map(|f| f.to_string_lossy().into_owned());
+    match problem {
+        ModelError::MissingFile(p) => match file_name(p).as_deref() {
+            Some("tokenizer.json") => Some(
+                "copy tokenizer.json (and tokenizer_config.json) from where the model came from"
+                    .into(),
+            ),
+            Some("model.safetensors") => Some(
+                "the weights are model.safetensors, or shards listed in model.safetensors.index.json"
+                    .into(),
+            ),
+            _ => None,
+        },
+        ModelError::InFile { source, .. } => match source.as_ref() {
+            ModelError::ShapeMismatch { .. } => Some(MISFIT.into()),
+            _ => None,
+        },
+        ModelError::Gguf {
+            source:
+                GgufError::Truncated { .. }
+                | GgufError::TensorOutOfBounds { .. }
+                | GgufError::ImplausibleCount { .. },
+            ..
+        } => Some("the file looks truncated: was its download or copy interrupted?".into()),
+        ModelError::MissingTensor { .. } => Some(MISFIT.into()),
+        _ => None,
+    }
+}
+
+/// A `dtype:` the model runtime would refuse when it loads the model.
+fn dtype_problem(model: &ModelEntry) -> Option<Diagnostic> {
+    const NAMES: [&str; 3] = ["fp32", "bf16", "fp16"];
+    let v = model.options.get("dtype")?;
+    let at = Some(model.loc.clone());
+    let name = &model.name;
+    Some(match v.as_str() {
+        Some(s) if DType::from_str(s).is_ok() => return None,
+        Some(s) => {
+            Diagnostic::at(at, format!("model `{name}`: unknown dtype `{s}`")).help_for(s, NAMES)
+        }
+        None => Diagnostic::at(
+            at,
+            format!("model `{name}`: `dtype` must be a string, found {v}"),
+        )
+        .help_for("", NAMES),
+    })
+}
