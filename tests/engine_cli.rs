@@ -426,3 +426,75 @@ fn ctrl_c_commits_the_current_chunk_and_exits_130() {
         sql_csv(p, "clean", "select count(*), count(distinct id) from steps")
     );
 }
+
+/// A JSONL file with a truncated object on line 2 and an array on line 4.
+const SCRAPED: &str = r#####"{"question": "one", "answer": "#### 1"}
+{"question": "two", "answer": "#### 2"
+{"question": "three", "answer": "#### 3"}
+[4, 4]
+
+{"question": "five", "answer": "#### 5"}
+"#####;
+
+#[test]
+fn malformed_jsonl_lines_fail_at_their_line_or_are_skipped_and_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path();
+    std::fs::write(p.join("scraped.jsonl"), SCRAPED).expect("write data");
+    let spec = |bad_rows: &str| {
+        format!(
+            "name: scraped\nnodes:\n  problems:\n    op: source\n    params: {{path: scraped.jsonl{bad_rows}}}\n"
+        )
+    };
+    std::fs::write(p.join("fail.yaml"), spec("")).expect("write spec");
+    std::fs::write(p.join("skip.yaml"), spec(", bad_rows: skip")).expect("write spec");
+
+    // The default fails at the first malformed line, naming file and line.
+    let o = sspo(p, &["fail.yaml"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("scraped.jsonl:2: invalid JSON"),
+        "{}",
+        stderr(&o)
+    );
+
+    // `skip` keeps the three good rows and records the two bad lines.
+    let log = run_ok(p, &["skip.yaml"]);
+    assert!(log.contains("2 malformed lines were skipped"), "{log}");
+    let out = sql_csv(
+        p,
+        "skip.yaml",
+        "select prompt from problems order by prompt",
+    );
+    assert_eq!(
+        out.lines().skip(1).collect::<Vec<_>>(),
+        ["five", "one", "three"]
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(p.join("runs/scraped/problems/manifest.json")).expect("manifest"),
+    )
+    .expect("manifest json");
+    assert_eq!(manifest["counters"]["malformed_lines"], 2);
+    let first: Vec<String> = manifest["metrics"]["malformed_lines_first"]
+        .as_array()
+        .expect("first lines")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert!(first[0].ends_with("scraped.jsonl:2"), "{first:?}");
+    assert!(first[1].ends_with("scraped.jsonl:4"), "{first:?}");
+
+    // `skip` on a CSV file is refused before anything runs, at the param.
+    std::fs::write(p.join("data.csv"), "question,answer\nq,1\n").expect("write csv");
+    std::fs::write(
+        p.join("csv.yaml"),
+        "name: csv\nnodes:\n  problems:\n    op: source\n    params: {path: data.csv, bad_rows: skip}\n",
+    )
+    .expect("write spec");
+    let o = sspo(p, &["validate", "csv.yaml"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("csv.yaml:5:"), "{err}");
+    assert!(err.contains("is read as csv"), "{err}");
+}

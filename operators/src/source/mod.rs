@@ -30,7 +30,7 @@ use sspo_engine::{
 };
 
 pub use prepare::{content_id, split_score};
-pub use read::FileFormat;
+pub use read::{BadRows, FileFormat};
 
 use crate::tasks::synth::{self, SynthConfig};
 use crate::tasks::AnswerFormat;
@@ -70,6 +70,9 @@ pub struct SourceParams {
     pub limit: Option<usize>,
     /// Input rows per committed chunk (the unit of resume).
     pub chunk_rows: usize,
+    /// A JSONL line that is not a JSON object: `fail` the run (default) or `skip` it,
+    /// counted in the manifest with the first line numbers.
+    pub bad_rows: BadRows,
 }
 
 impl Default for SourceParams {
@@ -84,6 +87,7 @@ impl Default for SourceParams {
             split: None,
             limit: None,
             chunk_rows: 10_000,
+            bad_rows: BadRows::Fail,
         }
     }
 }
@@ -210,6 +214,28 @@ impl Operator for Source {
                 Err(msg) => diags.push(params.error(&["path"], msg)),
             },
         }
+        if p.bad_rows == BadRows::Skip {
+            if p.synth.is_some() {
+                diags.push(params.error(
+                    &["bad_rows"],
+                    "`bad_rows` applies to files read with `path`, not to `synth`",
+                ));
+            }
+            if let Some((f, fmt)) = files.iter().find(|(_, fmt)| *fmt != FileFormat::Jsonl) {
+                diags.push(
+                    params
+                        .error(
+                            &["bad_rows"],
+                            format!(
+                                "`bad_rows: skip` skips malformed JSONL lines, but {} is read as {}",
+                                f.display(),
+                                format_name(*fmt)
+                            ),
+                        )
+                        .with_help("leave `bad_rows` out (a malformed file of this format fails the run with its position)"),
+                );
+            }
+        }
         diags.into_result()?;
         let fingerprint = fingerprint_json(&p, &files, split_seed);
         Ok(Arc::new(SourceKernel {
@@ -221,14 +247,24 @@ impl Operator for Source {
     }
 }
 
+/// The name `format:` takes for `fmt`.
+fn format_name(fmt: FileFormat) -> String {
+    serde_json::to_value(fmt)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 /// The fingerprinted form of the params: paths are left out on purpose (the files'
 /// content enters the fingerprint), the formats and the split seed as applied are in.
+/// `bad_rows` enters only when it is `skip`, so the fingerprints of specs written before
+/// it existed stay as they were.
 fn fingerprint_json(
     p: &SourceParams,
     files: &[(PathBuf, FileFormat)],
     split_seed: u64,
 ) -> serde_json::Value {
-    json!({
+    let mut value = json!({
         "formats": files.iter().map(|(_, f)| *f).collect::<Vec<_>>(),
         "columns": p.columns,
         "answer_format": p.answer_format,
@@ -241,7 +277,11 @@ fn fingerprint_json(
             "tokenizer": synth::TOKENIZER_VERSION,
             "rows": p.synth_rows,
         })),
-    })
+    });
+    if p.bad_rows == BadRows::Skip {
+        value["bad_rows"] = json!(p.bad_rows);
+    }
+    value
 }
 
 /// The files `path` names: one existing file, or the sorted matches of a glob.
@@ -291,26 +331,83 @@ impl NodeKernel for SourceKernel {
     }
 
     fn run(&self, ctx: &mut RunContext) -> Result<(), OpError> {
-        let table = self.load()?;
+        let (table, skipped) = self.load()?;
         let prepared = Prepared::new(&table, &self.params, self.split_seed)?;
         let n_input = prepared.input_rows();
         ctx.set_metric("files", json!(self.files.len()));
         ctx.set_metric("file_rows", json!(table.num_rows()));
+        if !skipped.is_empty() {
+            ctx.set_metric("malformed_lines_first", json!(skipped.first_lines()));
+        }
         ctx.run_chunks(n_input, self.params.chunk_rows, |ctx, range| {
+            // Counted with the first chunk, which commits once, so a resumed run does
+            // not count the lines again.
+            if range.start == 0 {
+                skipped.count(ctx);
+            }
             prepared.chunk(ctx, range)
         })
+    }
+}
+
+/// The malformed lines `bad_rows: skip` left out, over all files.
+#[derive(Default)]
+struct SkippedLines {
+    total: u64,
+    /// `file:line` of the first few, for the log and the manifest.
+    first: Vec<String>,
+}
+
+impl SkippedLines {
+    /// How many positions the log and the manifest keep.
+    const SHOWN: usize = 10;
+
+    fn add(&mut self, path: &std::path::Path, lines: &[usize]) {
+        self.total += lines.len() as u64;
+        let room = Self::SHOWN.saturating_sub(self.first.len());
+        self.first.extend(
+            lines
+                .iter()
+                .take(room)
+                .map(|l| format!("{}:{l}", path.display())),
+        );
+    }
+
+    fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    fn first_lines(&self) -> &[String] {
+        &self.first
+    }
+
+    fn count(&self, ctx: &mut RunContext) {
+        if self.is_empty() {
+            return;
+        }
+        ctx.count(
+            "malformed_lines",
+            self.total,
+            "malformed lines were skipped (bad_rows: skip)",
+        );
+        ctx.log(&format!(
+            "malformed lines, first: {}",
+            self.first.join(", ")
+        ));
     }
 }
 
 impl SourceKernel {
     /// All files as one batch (columns united by name; a column whose type differs
     /// between files is read as text).
-    fn load(&self) -> Result<RecordBatch, OpError> {
+    fn load(&self) -> Result<(RecordBatch, SkippedLines), OpError> {
+        let mut skipped = SkippedLines::default();
         if let Some(cfg) = &self.params.synth {
-            return match self.params.synth_rows {
+            let table = match self.params.synth_rows {
                 SynthRows::Problems => synthetic::problems_table(cfg),
                 SynthRows::Sft => synthetic::sft_table(cfg),
-            };
+            }?;
+            return Ok((table, skipped));
         }
         let mapping = &self.params.columns;
         let text_columns = |names: &[String]| -> Vec<String> {
@@ -319,14 +416,18 @@ impl SourceKernel {
         };
         let mut batches = Vec::with_capacity(self.files.len());
         for (path, fmt) in &self.files {
-            batches.push(read::read_file(path, *fmt, &text_columns)?);
+            let read = read::read_file(path, *fmt, &text_columns, self.params.bad_rows)?;
+            skipped.add(path, &read.skipped_lines);
+            batches.push(read.batch);
         }
-        if batches.len() == 1 {
-            return Ok(batches
+        let table = if batches.len() == 1 {
+            batches
                 .pop()
-                .unwrap_or_else(|| RecordBatch::new_empty(Arc::new(Schema::empty()))));
-        }
-        read::unite(batches)
+                .unwrap_or_else(|| RecordBatch::new_empty(Arc::new(Schema::empty())))
+        } else {
+            read::unite(batches)?
+        };
+        Ok((table, skipped))
     }
 }
 
@@ -366,6 +467,11 @@ mod tests {
                 "columns": {"id": "qid"}, "limit": 4
             })),
             r#"{"answer_format":"auto","chunk_rows":10000,"columns":{"answer":null,"id":"qid","prompt":null},"formats":["jsonl"],"limit":4,"split":{"seed":1,"test_fraction":0.1},"synth":null}"#
+        );
+        // `bad_rows: skip` changes what a file yields, so it enters the fingerprint.
+        assert_eq!(
+            fingerprint(json!({"path": "d.jsonl", "bad_rows": "skip"})),
+            r#"{"answer_format":"auto","bad_rows":"skip","chunk_rows":10000,"columns":{"answer":null,"id":null,"prompt":null},"formats":["jsonl"],"limit":null,"split":null,"synth":null}"#
         );
         assert_eq!(
             fingerprint(json!({"synth": {}})),

@@ -49,27 +49,61 @@ impl FileFormat {
     }
 }
 
+/// What `source` does with a line of a JSONL file that is not a JSON object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BadRows {
+    /// The run fails at the first such line, naming its file and line.
+    #[default]
+    Fail,
+    /// Such lines are skipped and counted (large scraped files have a few).
+    Skip,
+}
+
+/// A file as read: its rows, and the 1-based numbers of the lines skipped as malformed.
+pub struct ReadFile {
+    pub batch: RecordBatch,
+    pub skipped_lines: Vec<usize>,
+}
+
 /// Reads one file. For CSV, `text_columns` names (given the header) the columns to read
 /// as text whatever they look like (ids such as `007` must keep their zeros).
+/// `bad_rows` applies to JSONL lines; the other formats fail as a whole.
 pub fn read_file(
     path: &Path,
     format: FileFormat,
     text_columns: &dyn Fn(&[String]) -> Vec<String>,
-) -> Result<RecordBatch, OpError> {
+    bad_rows: BadRows,
+) -> Result<ReadFile, OpError> {
     let shown = path.display().to_string();
+    let whole = |batch: RecordBatch| ReadFile {
+        batch,
+        skipped_lines: Vec::new(),
+    };
     match format {
         FileFormat::Jsonl => {
             let text = read_text(path)?;
             let mut rows = Vec::new();
+            let mut skipped_lines = Vec::new();
             for (i, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let row: Ordered<Value> = serde_json::from_str(line)
-                    .map_err(|e| OpError::context(format!("{shown}:{}: invalid JSON", i + 1), e))?;
-                rows.push(row.0);
+                match serde_json::from_str::<Ordered<Value>>(line) {
+                    Ok(row) => rows.push(row.0),
+                    Err(_) if bad_rows == BadRows::Skip => skipped_lines.push(i + 1),
+                    Err(e) => {
+                        return Err(OpError::context(
+                            format!("{shown}:{}: invalid JSON", i + 1),
+                            e,
+                        ))
+                    }
+                }
             }
-            rows_to_batch(rows)
+            Ok(ReadFile {
+                batch: rows_to_batch(rows)?,
+                skipped_lines,
+            })
         }
         FileFormat::Json => {
             let text = read_text(path)?;
@@ -86,7 +120,7 @@ pub fn read_file(
                 JsonDoc::Rows(rows) => rows,
                 JsonDoc::Wrapped(fields) => pick_rows(&shown, fields.0)?,
             };
-            rows_to_batch(rows.into_iter().map(|r| r.0).collect())
+            rows_to_batch(rows.into_iter().map(|r| r.0).collect()).map(whole)
         }
         FileFormat::Parquet => {
             let file = File::open(path).map_err(|e| OpError::context(shown.clone(), e))?;
@@ -99,7 +133,7 @@ pub fn read_file(
             let batches = reader
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| OpError::context(shown.clone(), e))?;
-            Ok(arrow::compute::concat_batches(&schema, &batches)?)
+            Ok(whole(arrow::compute::concat_batches(&schema, &batches)?))
         }
         FileFormat::Csv => {
             let format = arrow::csv::reader::Format::default().with_header(true);
@@ -131,7 +165,7 @@ pub fn read_file(
             let batches = reader
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| OpError::context(format!("{shown}: invalid CSV"), e))?;
-            Ok(arrow::compute::concat_batches(&schema, &batches)?)
+            Ok(whole(arrow::compute::concat_batches(&schema, &batches)?))
         }
     }
 }
