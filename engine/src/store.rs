@@ -683,6 +683,109 @@ mod tests {
     }
 
     #[test]
+    fn a_part_is_recorded_with_its_size_and_hash_and_each_problem_is_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = NodeDir::new(dir.path(), "n");
+        let part = node.write_part("t", 4, &batch(5)).unwrap();
+        let path = node.path.join(&part.file);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(part.file, "t/part-00004.parquet");
+        assert_eq!(part.bytes, Some(bytes.len() as u64));
+        assert_eq!(part.blake3.as_deref(), Some(hash_bytes(&bytes).as_str()));
+        assert_eq!(part.check_file(&path, Check::Hash), Ok(()));
+
+        let mut flipped = bytes.clone();
+        flipped[bytes.len() / 2] ^= 1;
+        std::fs::write(&path, &flipped).unwrap();
+        assert_eq!(
+            part.check_file(&path, Check::Size),
+            Ok(()),
+            "a stat cannot tell"
+        );
+        assert_eq!(part.check_file(&path, Check::Hash), Err(PartProblem::Hash));
+
+        std::fs::write(&path, &bytes[..7]).unwrap();
+        let size = PartProblem::Size {
+            expected: bytes.len() as u64,
+            actual: 7,
+        };
+        assert_eq!(part.check_file(&path, Check::Size), Err(size));
+
+        // An older record (no size, no hash) checks presence only.
+        let old = PartFile {
+            bytes: None,
+            blake3: None,
+            ..part.clone()
+        };
+        assert_eq!(old.check_file(&path, Check::Hash), Ok(()));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            old.check_file(&path, Check::Size),
+            Err(PartProblem::Missing)
+        );
+    }
+
+    #[test]
+    fn dropped_chunks_take_their_rows_and_leave_the_node_partial() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = NodeDir::new(dir.path(), "n");
+        let chunks: Vec<ChunkRecord> = (0..3)
+            .map(|i| ChunkRecord {
+                index: i,
+                input_start: 3 * i,
+                input_end: 3 * i + 3,
+                files: vec![
+                    node.write_part("", i, &batch(3)).unwrap(),
+                    node.write_part("x", i, &batch(1)).unwrap(),
+                ],
+            })
+            .collect();
+        let mut m = Manifest {
+            format: MANIFEST_FORMAT,
+            node: "n".into(),
+            op: "t".into(),
+            op_version: 1,
+            fingerprint: "f".into(),
+            state: NodeState::Complete,
+            chunk_rows: 3,
+            input_rows: 9,
+            chunks,
+            rows: [("".to_string(), 9), ("x".to_string(), 3)].into(),
+            schema: Default::default(),
+            started_at: 0.0,
+            updated_at: 0.0,
+            elapsed_s: 0.0,
+            counters: Default::default(),
+            metrics: Default::default(),
+            artifact: None,
+        };
+        m.drop_chunks(&[1].into());
+        assert_eq!(m.state, NodeState::Partial);
+        assert_eq!(m.chunks.iter().map(|c| c.index).collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(m.rows, [("".to_string(), 6), ("x".to_string(), 2)].into());
+        assert_eq!(node.read_table(&m, "").unwrap().num_rows(), 6);
+    }
+
+    #[test]
+    fn a_manifest_of_a_newer_format_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MANIFEST);
+        // Not a manifest this build could parse: only `format` is read.
+        std::fs::write(&path, br#"{"format": 2, "chunks": "something new"}"#).unwrap();
+        let err = read_manifest(&path).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("written by a newer sspo-run (format 2, this binary reads ≤ 1)"),
+            "{err}"
+        );
+        std::fs::write(&path, br#"{"format": 1}"#).unwrap();
+        assert!(matches!(
+            read_manifest(&path),
+            Err(StoreError::Manifest { .. })
+        ));
+    }
+
+    #[test]
     fn atomic_writes_replace_the_file_and_leave_no_temp_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.json");
