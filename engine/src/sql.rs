@@ -15,9 +15,10 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::prelude::{SessionConfig, SessionContext};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::integrity::{check_node, node_dirs};
-use crate::store::{Check, Damage, Manifest, NodeDir};
+use crate::store::{Check, Damage, Manifest, NodeDir, PartProblem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SqlError {
@@ -191,7 +192,11 @@ pub fn query(run_dir: &Path, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
     });
     match result {
         Err(SqlError::DataFusion(e)) if reads_files(&e) => {
-            let damaged = damage(run_dir, Check::Hash)?;
+            let mut damaged = damage(run_dir, Check::Hash)?;
+            if damaged.is_empty() {
+                // Parts of older manifests have no hash: name those that do not open.
+                damaged = unopenable(run_dir)?;
+            }
             if damaged.is_empty() {
                 Err(SqlError::DataFusion(e))
             } else {
@@ -200,6 +205,30 @@ pub fn query(run_dir: &Path, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
         }
         other => other,
     }
+}
+
+/// Parts whose Parquet footer does not read.
+fn unopenable(run_dir: &Path) -> Result<Vec<Damage>, SqlError> {
+    let mut out = Vec::new();
+    for (dir, m) in manifests(run_dir)? {
+        for (chunk, f) in m.parts() {
+            let path = dir.path.join(&f.file);
+            let opened = std::fs::File::open(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|file| {
+                    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| e.to_string())
+                });
+            if let Err(e) = opened {
+                out.push(Damage {
+                    node: dir.node(),
+                    chunk,
+                    path,
+                    problem: PartProblem::Unreadable(e),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Whether a query's error may come from a part file (not from the SQL text or plan).

@@ -408,6 +408,26 @@ fn manifests_without_integrity_records_still_read_and_are_checked_for_presence()
     let checked = verdicts[0].result.as_ref().expect("manifest");
     assert_eq!((checked.unhashed, checked.damage.len()), (4, 0));
 
+    // Without a record a truncated part passes the stat; reading it names it.
+    let part = f.part("src", "", 1);
+    let bytes = std::fs::read(&part).expect("read");
+    std::fs::write(&part, &bytes[..bytes.len() / 2]).expect("truncate");
+    assert_eq!(f.status_of("src").0, NodeStatus::Cached);
+    let err = sspo_engine::sql::query(&f.run, "SELECT sum(n) FROM src").expect_err("truncated");
+    let text = err.to_string();
+    assert!(
+        text.contains("node `src`, chunk 1") && text.contains(&part.display().to_string()),
+        "{text}"
+    );
+    let err = NodeDir::new(&f.run, "src")
+        .read_table(&f.manifest("src"), "")
+        .expect_err("truncated");
+    assert!(
+        matches!(&err, StoreError::Part { node, chunk: 1, .. } if node == "src"),
+        "{err}"
+    );
+    std::fs::write(&part, &bytes).expect("restore");
+
     std::fs::remove_file(f.part("src", "", 0)).expect("delete");
     assert_eq!(f.status_of("src").0, NodeStatus::Damaged);
     f.rerun().expect("repairing run");
