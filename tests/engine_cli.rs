@@ -427,13 +427,15 @@ fn ctrl_c_commits_the_current_chunk_and_exits_130() {
     );
 }
 
-/// A JSONL file with a truncated object on line 2 and an array on line 4.
+/// A JSONL file with a truncated object on line 2, an array on line 4 and a row without
+/// an answer on line 7.
 const SCRAPED: &str = r#####"{"question": "one", "answer": "#### 1"}
 {"question": "two", "answer": "#### 2"
 {"question": "three", "answer": "#### 3"}
 [4, 4]
 
 {"question": "five", "answer": "#### 5"}
+{"question": "six"}
 "#####;
 
 #[test]
@@ -461,6 +463,11 @@ fn malformed_jsonl_lines_fail_at_their_line_or_are_skipped_and_counted() {
     // `skip` keeps the three good rows and records the two bad lines.
     let log = run_ok(p, &["skip.yaml"]);
     assert!(log.contains("2 malformed lines were skipped"), "{log}");
+    // A count of one reads in the singular.
+    assert!(
+        log.contains("1 row without a usable answer was skipped"),
+        "{log}"
+    );
     let out = sql_csv(
         p,
         "skip.yaml",

@@ -260,13 +260,15 @@ impl<'a> RunContext<'a> {
         (self.log)(&format!("[{}] {line}", self.node_id));
     }
 
-    /// Counts `n` problem rows under `name`: kept in the manifest, logged once per run.
+    /// Counts `n` problem rows under `name`: kept in the manifest, logged once per run
+    /// as `n` followed by `what`, whose `{singular|plural}` groups agree with `n`
+    /// ([`sspo_common::plural::agree`]).
     pub fn count(&mut self, name: &str, n: u64, what: &str) {
         if n == 0 {
             return;
         }
         *self.counters.entry(name.to_string()).or_default() += n;
-        self.log(&format!("{n} {what}"));
+        self.log(&format!("{n} {}", sspo_common::plural::agree(n, what)));
     }
 
     pub fn set_metric(&mut self, key: &str, value: serde_json::Value) {

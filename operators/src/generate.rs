@@ -212,7 +212,7 @@ impl NodeKernel for GenerateKernel {
             ctx.count(
                 "empty_responses",
                 gen.empty_responses(),
-                "responses were empty (kept)",
+                "response{|s} {was|were} empty (kept)",
             );
             Ok(b.finish()?.into())
         })?;

@@ -219,22 +219,22 @@ impl Skipped {
         ctx.count(
             "empty_prompts",
             self.empty_prompts,
-            "prompts were empty and skipped",
+            "prompt{|s} {was|were} empty and skipped",
         );
         ctx.count(
             "prompts_too_long",
             self.too_long,
-            "prompts did not fit the model's context with max_new_tokens and were skipped",
+            "prompt{|s} did not fit the model's context with max_new_tokens and {was|were} skipped",
         );
         ctx.count(
             "missing_ids",
             self.missing_ids,
-            "prompt rows had no id and were skipped",
+            "prompt row{|s} had no id and {was|were} skipped",
         );
         ctx.count(
             "missing_answers",
             self.missing_answers,
-            "prompt rows had no reference answer and were skipped",
+            "prompt row{|s} had no reference answer and {was|were} skipped",
         );
     }
 }

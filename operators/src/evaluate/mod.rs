@@ -215,7 +215,7 @@ impl NodeKernel for EvaluateKernel {
             ctx.count(
                 "empty_responses",
                 gen.empty_responses(),
-                "responses were empty (kept)",
+                "response{|s} {was|were} empty (kept)",
             );
             Ok(b.finish()?.into())
         })?;

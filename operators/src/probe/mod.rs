@@ -156,24 +156,24 @@ impl NodeKernel for ProbeKernel {
                 ctx.count(
                     "steps_without_rollout",
                     orphans,
-                    "step rows have a key that is not in the rollouts table (ignored)",
+                    "step row{|s} {has|have} a key that is not in the rollouts table (ignored)",
                 );
             }
             let out = self.probe_chunk(model, setup, &input, &steps_by_key, key, range)?;
             ctx.count(
                 "traces_too_long",
                 out.too_long,
-                "rollouts did not fit the model's context with their probes and were skipped",
+                "rollout{|s} did not fit the model's context with {its|their} probes and {was|were} skipped",
             );
             ctx.count(
                 "missing_keys",
                 out.missing_keys,
-                "rollout rows had no key and were skipped",
+                "rollout row{|s} had no key and {was|were} skipped",
             );
             ctx.count(
                 "empty_contexts",
                 out.empty_contexts,
-                "rollouts had an empty context and were skipped",
+                "rollout{|s} had an empty context and {was|were} skipped",
             );
             stats.traces += out.traces;
             stats.probes += out.batch.num_rows() as u64;

@@ -356,7 +356,7 @@ impl NodeKernel for SegmentKernel {
             ctx.count(
                 "empty_texts",
                 empty,
-                "rows with an empty text produced no steps",
+                "row{|s} with an empty text produced no steps",
             );
             total_steps += batch.num_rows() as u64;
             Ok(batch.into())

@@ -388,7 +388,7 @@ impl SkippedLines {
         ctx.count(
             "malformed_lines",
             self.total,
-            "malformed lines were skipped (bad_rows: skip)",
+            "malformed line{|s} {was|were} skipped (bad_rows: skip)",
         );
         ctx.log(&format!(
             "malformed lines, first: {}",

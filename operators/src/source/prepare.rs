@@ -181,17 +181,17 @@ impl Prepared {
         ctx.count(
             "rows_without_prompt",
             count(Skip::NoPrompt),
-            "rows without a prompt were skipped",
+            "row{|s} without a prompt {was|were} skipped",
         );
         ctx.count(
             "rows_without_answer",
             count(Skip::NoAnswer),
-            "rows without a usable answer were skipped",
+            "row{|s} without a usable answer {was|were} skipped",
         );
         ctx.count(
             "duplicate_ids",
             count(Skip::DuplicateId),
-            "rows with an id seen before were skipped (the first is kept)",
+            "row{|s} with an id seen before {was|were} skipped (the first is kept)",
         );
 
         let keep: Vec<u32> = range

@@ -69,32 +69,32 @@ impl Skipped {
         ctx.count(
             "missing_text",
             self.missing_text,
-            "rows had a null or empty context/prompt/completion and were skipped",
+            "row{|s} had a null or empty context/prompt/completion and {was|were} skipped",
         );
         ctx.count(
             "empty_steps",
             self.empty_steps,
-            "rows had no steps (or an unreadable step list) and were skipped",
+            "row{|s} had no steps (or an unreadable step list) and {was|were} skipped",
         );
         ctx.count(
             "adv_mismatch",
             self.adv_mismatch,
-            "rows had advantages missing, non-finite or not one per step and were skipped",
+            "row{|s} had advantages missing, non-finite or not one per step and {was|were} skipped",
         );
         ctx.count(
             "too_long",
             self.too_long,
-            "rows were longer than max_length tokens and were skipped",
+            "row{|s} {was|were} longer than max_length tokens and {was|were} skipped",
         );
         ctx.count(
             "identical_pairs",
             self.identical,
-            "pairs had identical chosen and rejected steps and were skipped",
+            "pair{|s} had identical chosen and rejected steps and {was|were} skipped",
         );
         ctx.count(
             "prefix_tokens_disagree",
             self.prefix_disagrees,
-            "pairs had a prefix_tokens value different from the shared leading steps' tokens (the steps were used)",
+            "pair{|s} had a prefix_tokens value different from the shared leading steps' tokens (the steps were used)",
         );
     }
 
