@@ -282,3 +282,22 @@ fn a_gguf_of_an_unsupported_architecture_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn a_model_only_segment_reads_needs_only_its_tokenizer() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let model = good_model(tmp.path());
+    std::fs::remove_file(model.join("model.safetensors")).expect("rm");
+    let spec = format!(
+        "models:\n  base: {{path: {}}}\nnodes:\n  problems: {{op: source, params: {{path: data.jsonl}}}}\n  steps: {{op: segment, inputs: {{traces: problems, model: base}}, params: {{column: prompt}}}}\n",
+        model.display()
+    );
+    let (code, err) = validate(tmp.path(), &spec);
+    assert_eq!(code, 0, "{err}");
+    std::fs::remove_file(model.join("tokenizer.json")).expect("rm");
+    let (code, err) = validate(tmp.path(), &spec);
+    assert!(
+        the_model_error(code, &err).contains("tokenizer.json"),
+        "{err}"
+    );
+}

@@ -5,14 +5,18 @@
 //!
 //! Nodes ask for the chat template with their `chat_template` param (generate, probe,
 //! train and evaluate share it through [`crate::rollout`]): a model used by such a node
-//! must have one.
+//! must have one. A model used only by `segment` is read for its tokenizer alone, so only
+//! its tokenizer is checked.
 
 use std::path::Path;
 use std::str::FromStr;
 
 use serde_json::Value;
-use sspo_engine::{Diagnostic, Diagnostics, ModelChecker, ModelEntry, ModelSource, ModelUse};
+use sspo_engine::{
+    Diagnostic, Diagnostics, ModelChecker, ModelEntry, ModelSource, ModelUse, Operator,
+};
 use sspo_model::builtin::BUILTIN_NAMES;
+use sspo_model::check::Needs;
 use sspo_model::{DType, GgufError, ModelError};
 
 /// Checks HF directories, GGUF files and built-in names.
@@ -26,6 +30,12 @@ impl ModelChecker for DiskModels {
             .filter(|u| u.params.get("chat_template") == Some(&Value::Bool(true)))
             .map(|u| u.node.as_str())
             .collect();
+        let segment = crate::segment::Segment.name();
+        let needs = Needs {
+            // An unused model is checked whole: it is there to be used.
+            model: uses.is_empty() || uses.iter().any(|u| u.op != segment),
+            chat_template: !chat_users.is_empty(),
+        };
         let problems = match &model.source {
             ModelSource::Builtin(name) => {
                 if !BUILTIN_NAMES.contains(&name.as_str()) {
@@ -42,14 +52,12 @@ impl ModelChecker for DiskModels {
             // A path that is not there, or a directory without config.json, is the spec's
             // own error already.
             ModelSource::Dir(dir) if dir.join("config.json").is_file() => {
-                sspo_model::check::check_dir(dir, !chat_users.is_empty())
+                sspo_model::check::check_dir(dir, needs)
             }
-            ModelSource::Gguf(file) if file.is_file() => {
-                sspo_model::check::check_gguf(file, !chat_users.is_empty())
-                    .err()
-                    .into_iter()
-                    .collect()
-            }
+            ModelSource::Gguf(file) if file.is_file() => sspo_model::check::check_gguf(file, needs)
+                .err()
+                .into_iter()
+                .collect(),
             ModelSource::Dir(_) | ModelSource::Gguf(_) => Vec::new(),
         };
         for problem in problems {
