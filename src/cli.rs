@@ -209,9 +209,22 @@ fn registry() -> Registry {
     sspo_operators::registry()
 }
 
-fn load_plan(pipeline: &Path, sets: &[String]) -> Result<Plan, Failure> {
+/// Whether building the plan also checks the models on disk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ModelChecks {
+    /// `run` and `validate`: a model that cannot load fails before any node runs.
+    On,
+    /// Commands that read what a run wrote: a model changed since must not hide it.
+    Off,
+}
+
+fn load_plan(pipeline: &Path, sets: &[String], checks: ModelChecks) -> Result<Plan, Failure> {
     let spec = Pipeline::load(pipeline, sets).map_err(invalid)?;
-    Plan::build(spec, &registry()).map_err(invalid)
+    let registry = match checks {
+        ModelChecks::On => registry(),
+        ModelChecks::Off => sspo_operators::operators(),
+    };
+    Plan::build(spec, &registry).map_err(invalid)
 }
 
 fn run_dir_of(plan: &Plan, target: &Target) -> PathBuf {
@@ -235,7 +248,7 @@ fn resolve_source(source: &Path, target: &Target) -> Result<PathBuf, Failure> {
             ),
         });
     }
-    let plan = load_plan(source, &target.sets)?;
+    let plan = load_plan(source, &target.sets, ModelChecks::Off)?;
     Ok(run_dir_of(&plan, target))
 }
 
@@ -249,7 +262,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             progress,
             keep_scratch,
         } => {
-            let plan = load_plan(&pipeline, &target.sets)?;
+            let plan = load_plan(&pipeline, &target.sets, ModelChecks::On)?;
             // Before any tensor work and before other threads start (it sets libtorch's
             // environment variables).
             sspo_operators::model_port::configure_cpu(&plan.pipeline.cpu)
@@ -282,7 +295,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             }
         }
         Command::Validate { pipeline, sets } => {
-            let plan = load_plan(&pipeline, &sets)?;
+            let plan = load_plan(&pipeline, &sets, ModelChecks::On)?;
             println!(
                 "{}: ok ({} nodes, {} models)",
                 pipeline.display(),
@@ -292,7 +305,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Status { pipeline, target } => {
-            let plan = load_plan(&pipeline, &target.sets)?;
+            let plan = load_plan(&pipeline, &target.sets, ModelChecks::Off)?;
             let run_dir = run_dir_of(&plan, &target);
             let rows = executor::status(&plan, &run_dir)
                 .context(format!("reading {}", run_dir.display()))?;

@@ -223,6 +223,31 @@ fn a_run_fails_before_any_node_runs() {
     assert!(!tmp.path().join("run/problems").exists(), "a node ran");
 }
 
+#[test]
+fn reading_a_run_does_not_need_its_models_to_load() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let model = good_model(tmp.path());
+    // A run that commits `problems`, then the model breaks.
+    let (code, err) = sspo_on(
+        tmp.path(),
+        &spec(&model, false),
+        &["bad.yaml", "--run-dir", "run", "--until", "problems"],
+    );
+    assert_eq!(code, 0, "{err}");
+    std::fs::remove_file(model.join("tokenizer.json")).expect("rm");
+    let (code, err) = validate(tmp.path(), &spec(&model, false));
+    the_model_error(code, &err);
+    // What the run wrote stays readable through the pipeline file.
+    for args in [
+        &["status", "bad.yaml", "--run-dir", "run"][..],
+        &["sql", "bad.yaml", "select count(*) from problems", "--run-dir", "run"],
+        &["verify", "bad.yaml", "--run-dir", "run"],
+    ] {
+        let o = sspo(tmp.path(), args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    }
+}
+
 // ------------------------------------------------------------------ GGUF
 
 /// A GGUF v3 file with the given string metadata and no tensors.

@@ -21,6 +21,15 @@ pub mod train;
 
 /// Every built-in operator, and the check of `models:` entries on disk.
 pub fn registry() -> Registry {
+    let mut r = operators();
+    r.set_model_checker(Arc::new(model_check::DiskModels));
+    r
+}
+
+/// Every built-in operator, without the model check: for commands that only read what a
+/// run wrote (`status`, `sql`, `show`, `verify`), which a model directory that has
+/// changed since must not block.
+pub fn operators() -> Registry {
     let mut r = Registry::new();
     r.register(Arc::new(source::Source));
     r.register(Arc::new(segment::Segment));
@@ -29,6 +38,5 @@ pub fn registry() -> Registry {
     r.register(Arc::new(pair::Pair));
     r.register(Arc::new(evaluate::Evaluate));
     r.register(Arc::new(train::Train));
-    r.set_model_checker(Arc::new(model_check::DiskModels));
     r
 }
