@@ -240,7 +240,13 @@ fn reading_a_run_does_not_need_its_models_to_load() {
     // What the run wrote stays readable through the pipeline file.
     for args in [
         &["status", "bad.yaml", "--run-dir", "run"][..],
-        &["sql", "bad.yaml", "select count(*) from problems", "--run-dir", "run"],
+        &[
+            "sql",
+            "bad.yaml",
+            "select count(*) from problems",
+            "--run-dir",
+            "run",
+        ],
         &["verify", "bad.yaml", "--run-dir", "run"],
     ] {
         let o = sspo(tmp.path(), args);
