@@ -250,8 +250,8 @@ impl Counter {
             Counter::RolloutsWithoutOutcome => "rollout{|s} had a null `correct` and {was|were} skipped",
             Counter::NoCutBoundary => "rollout{|s} had no boundary to cut at (no compression pair)",
             Counter::SavingBelowMin => "{rollout's cut|rollouts' cuts} saved fewer than `min_saving` tokens (no compression pair)",
-            Counter::NoFinalAnswer => "{rollout's|rollouts'} last step {has|have} no extractable answer, e.g. truncated (no compression pair)",
-            Counter::AnswerNotInLastStep => "{rollout's|rollouts'} extracted answer {is|are} not written verbatim in the last step (no compression pair)",
+            Counter::NoFinalAnswer => "{rollout's last step has|rollouts' last steps have} no extractable answer, e.g. truncated (no compression pair)",
+            Counter::AnswerNotInLastStep => "{rollout's extracted answer is|rollouts' extracted answers are} not written verbatim in the last step (no compression pair)",
             Counter::NoEarlyAnswer => "rollout{|s} had a correct early answer flag but no early answer text (no compression pair)",
             Counter::RandomCutIncorrect => "incorrect rollout{|s} {is|are} not cut by `cut: random` (no compression pair)",
         }

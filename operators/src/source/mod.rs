@@ -281,6 +281,10 @@ fn fingerprint_json(
     if p.bad_rows == BadRows::Skip {
         value["bad_rows"] = json!(p.bad_rows);
     }
+    if p.synth.is_some() && p.synth_rows == SynthRows::Sft {
+        // The SFT corpus gained its `context` and `target` columns in layout 2.
+        value["synth"]["sft_layout"] = json!(synth::SFT_LAYOUT_VERSION);
+    }
     value
 }
 
@@ -479,7 +483,7 @@ mod tests {
         );
         assert_eq!(
             fingerprint(json!({"synth": {"n": 7, "probe_sft": true}, "synth_rows": "sft"})),
-            r#"{"answer_format":"auto","chunk_rows":10000,"columns":{"answer":null,"id":null,"prompt":null},"formats":[],"limit":null,"split":null,"synth":{"config":{"addend":[2,30],"factor":[2,4],"fix_rate":0.5,"group_count":[2,5],"group_size":[2,12],"max_ops":4,"max_rechecks":4,"max_value":999,"min_ops":2,"n":7,"ops":["add","sub","mul","div","groups"],"probe_per_problem":4,"probe_sft":true,"recheck_error_rate":0.15,"seed":0,"start":[5,50],"task":"arithmetic"},"generator":1,"rows":"sft","tokenizer":1}}"#
+            r#"{"answer_format":"auto","chunk_rows":10000,"columns":{"answer":null,"id":null,"prompt":null},"formats":[],"limit":null,"split":null,"synth":{"config":{"addend":[2,30],"factor":[2,4],"fix_rate":0.5,"group_count":[2,5],"group_size":[2,12],"max_ops":4,"max_rechecks":4,"max_value":999,"min_ops":2,"n":7,"ops":["add","sub","mul","div","groups"],"probe_per_problem":4,"probe_sft":true,"recheck_error_rate":0.15,"seed":0,"start":[5,50],"task":"arithmetic"},"generator":1,"rows":"sft","sft_layout":2,"tokenizer":1}}"#
         );
     }
 }

@@ -43,7 +43,8 @@ pub(super) fn problems_table(cfg: &SynthConfig) -> Result<RecordBatch, OpError> 
 }
 
 /// The synthetic task's SFT corpus (`synth_rows: sft`): `id, prompt, answer, response,
-/// kind`, in problem order, each problem's trace row before its probe-teaching rows.
+/// context, target, kind`, in problem order, each problem's trace row before its
+/// probe-teaching rows.
 pub(super) fn sft_table(cfg: &SynthConfig) -> Result<RecordBatch, OpError> {
     let problems = synth::generate(cfg).map_err(|e| OpError::context("synth", e))?;
     let rows = synth::sft_rows(cfg, &problems);
@@ -68,6 +69,14 @@ pub(super) fn sft_table(cfg: &SynthConfig) -> Result<RecordBatch, OpError> {
         (
             "response",
             text(rows.iter().map(|r| r.response.as_str()).collect()),
+        ),
+        (
+            "context",
+            text(rows.iter().map(|r| r.context.as_str()).collect()),
+        ),
+        (
+            "target",
+            text(rows.iter().map(|r| r.target.as_str()).collect()),
         ),
         (
             "kind",

@@ -29,6 +29,8 @@ use sspo_common::rng::SplitMix64;
 /// Version of the generator (templates, sampling order). Bumped on any change that alters the
 /// problems a given config produces; a `source` node should fold it into its own version.
 pub const GENERATOR_VERSION: u32 = 1;
+/// Version of the SFT corpus's columns (`synth_rows: sft`); 2 added `context` and `target`.
+pub const SFT_LAYOUT_VERSION: u32 = 2;
 
 /// Separator between the steps of a trace (the `segment` operator's default delimiter).
 pub const STEP_SEPARATOR: &str = "\n\n";
@@ -342,19 +344,33 @@ pub struct SftRow {
     /// The problem's id; probe rows add `-probe-K` (K = the boundary).
     pub id: String,
     pub prompt: String,
+    /// The whole assistant side: the trace, or a trace prefix, the question and its answer.
     pub response: String,
+    /// The text the model reads before [`SftRow::target`], rendered with the task's prompt
+    /// template ([`SFT_PROMPT_TEMPLATE`]): the prompt, or for a probe row the prompt, the
+    /// trace prefix and the question. Training on `context` → `target` teaches the answer
+    /// to the question without teaching the model to ask it.
+    pub context: String,
+    /// What a row teaches: the trace, or the probe's `" Yes"` / `" No"`.
+    pub target: String,
     pub kind: SftKind,
 }
+
+/// The prompt template of the synthetic task's pipelines: the trace starts a paragraph.
+pub const SFT_PROMPT_TEMPLATE: &str = "{prompt}\n\n";
 
 /// SFT rows for `problems`: one trace row per problem, followed (when `cfg.probe_sft`) by its
 /// probe-teaching rows ([`probe_examples`] with `cfg.probe_per_problem` and `cfg.seed`).
 pub fn sft_rows(cfg: &SynthConfig, problems: &[SynthProblem]) -> Vec<SftRow> {
     let mut rows = Vec::new();
     for p in problems {
+        let rendered = SFT_PROMPT_TEMPLATE.replace("{prompt}", &p.prompt);
         rows.push(SftRow {
             id: p.id.clone(),
             prompt: p.prompt.clone(),
             response: p.trace.clone(),
+            context: rendered.clone(),
+            target: p.trace.clone(),
             kind: SftKind::Trace,
         });
         if cfg.probe_sft {
@@ -363,6 +379,8 @@ pub fn sft_rows(cfg: &SynthConfig, problems: &[SynthProblem]) -> Vec<SftRow> {
                     id: format!("{}-probe-{}", p.id, ex.boundary),
                     prompt: p.prompt.clone(),
                     response: ex.response(),
+                    context: format!("{rendered}{}", ex.context),
+                    target: ex.target.clone(),
                     kind: SftKind::Probe,
                 });
             }
@@ -401,7 +419,25 @@ mod tests {
             ..Default::default()
         };
         let ps = generate(&cfg).unwrap();
-        let rows = sft_rows(&cfg, &ps);
+        // The rows as first recorded (layout 1); `context` and `target` came later and are
+        // checked below.
+        #[derive(Serialize)]
+        struct RowV1<'a> {
+            id: &'a str,
+            prompt: &'a str,
+            response: &'a str,
+            kind: SftKind,
+        }
+        let all = sft_rows(&cfg, &ps);
+        let rows: Vec<RowV1> = all
+            .iter()
+            .map(|r| RowV1 {
+                id: &r.id,
+                prompt: &r.prompt,
+                response: &r.response,
+                kind: r.kind,
+            })
+            .collect();
         let mut h = blake3::Hasher::new();
         h.update(serde_json::to_string(&ps).unwrap().as_bytes());
         h.update(serde_json::to_string(&rows).unwrap().as_bytes());
@@ -409,5 +445,40 @@ mod tests {
             h.finalize().to_hex().as_str(),
             "e3461739fe18ca52d82495311c84e448ff86e83db2818fab054da0b424bdb701"
         );
+    }
+
+    #[test]
+    fn sft_rows_split_what_is_read_from_what_is_learned() {
+        let cfg = SynthConfig {
+            n: 20,
+            seed: 3,
+            probe_sft: true,
+            ..Default::default()
+        };
+        let ps = generate(&cfg).unwrap();
+        let rows = sft_rows(&cfg, &ps);
+        let mut probes = 0;
+        for r in &rows {
+            let rendered = SFT_PROMPT_TEMPLATE.replace("{prompt}", &r.prompt);
+            // context + target is the rendered prompt and the whole response.
+            assert_eq!(
+                format!("{}{}", r.context, r.target),
+                format!("{rendered}{}", r.response)
+            );
+            match r.kind {
+                SftKind::Trace => assert_eq!(r.target, r.response),
+                SftKind::Probe => {
+                    probes += 1;
+                    // The question is read, never learned: only the answer to it is.
+                    assert!(r.context.ends_with(PROBE_QUESTION), "{:?}", r.context);
+                    assert!(
+                        r.target == PROBE_YES || r.target == PROBE_NO,
+                        "{:?}",
+                        r.target
+                    );
+                }
+            }
+        }
+        assert!(probes > 0);
     }
 }
