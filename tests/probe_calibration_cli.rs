@@ -208,3 +208,30 @@ fn verbal_values_cut_pairs_and_calibration_recipes_run() {
     }
     eprintln!("calibration: early {early:?}, outcome {outcome:?}");
 }
+
+/// The shipped base taught the question (`pipelines/sft-base-verbal.yaml`): its verbal value
+/// ranks boundaries whose early answer is right above the others, and it never asks the
+/// question in its own rollouts (the corpus puts the question in the context, not the loss).
+#[test]
+fn the_verbal_base_answers_the_question_without_asking_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path();
+    let base = repo().join("pipelines/models/tiny-synth-sft-verbal");
+    let spec = SPEC
+        .replace("BASE", base.to_str().expect("utf-8 path"))
+        .replace("TAU", &TAU.to_string());
+    std::fs::write(p.join("calibration.yaml"), spec).expect("spec");
+    run_ok(p, &["calibration.yaml", "--run-dir", "run"]);
+
+    let asked = rows(
+        p,
+        "SELECT count(*) FROM rollouts WHERE response LIKE '%Is the answer settled?%'",
+    );
+    assert_eq!(asked[0][0], "0", "the base asks the probe question itself");
+    let scored: Vec<(f64, bool)> = rows(p, "SELECT verbal_value, early_correct FROM probes")
+        .iter()
+        .filter_map(|r| Some((float(&r[0])?, flag(&r[1])?)))
+        .collect();
+    let auc = pairwise_auc(&scored).expect("both classes");
+    assert!(auc > 0.75, "verbal AUC {auc} over {} boundaries", scored.len());
+}

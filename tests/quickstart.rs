@@ -117,7 +117,13 @@ fn quickstart_small_end_to_end() {
 #[test]
 fn shipped_pipelines_validate() {
     let dir = tempfile::tempdir().unwrap();
-    for p in ["quickstart.yaml", "ablation.yaml", "sft-base.yaml"] {
+    for p in [
+        "quickstart.yaml",
+        "ablation.yaml",
+        "sft-base.yaml",
+        "quickstart-verbal.yaml",
+        "sft-base-verbal.yaml",
+    ] {
         let spec = repo().join("pipelines").join(p);
         run_ok_validate(dir.path(), &[spec.to_str().unwrap()]);
     }
