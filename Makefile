@@ -20,12 +20,21 @@ export SSPO_PYTHON          := $(VENV)/bin/python
 
 CARGO ?= cargo
 
-.PHONY: demo test build release venv lint bench smollm2 gpu-bundle clean-venv
+.PHONY: demo demo-verbal test build release venv lint bench smollm2 gpu-bundle clean-venv
+
+# What the synthetic demos print: their evaluation summary.
+SUMMARY_SQL = SELECT model, n, round(accuracy, 3) AS accuracy, round(mean_tokens, 1) AS mean_tokens, round(oracle_tokens, 1) AS oracle_tokens, round(length_reduction, 3) AS length_reduction, round(accuracy_delta, 3) AS accuracy_delta, round(redundancy_removed, 3) AS redundancy_removed FROM
 
 demo: release
 	./target/release/sspo-run pipelines/quickstart.yaml
-	./target/release/sspo-run sql pipelines/quickstart.yaml \
-	  "SELECT model, n, round(accuracy, 3) AS accuracy, round(mean_tokens, 1) AS mean_tokens, round(oracle_tokens, 1) AS oracle_tokens, round(length_reduction, 3) AS length_reduction, round(accuracy_delta, 3) AS accuracy_delta, round(redundancy_removed, 3) AS redundancy_removed FROM eval_summary"
+	./target/release/sspo-run sql pipelines/quickstart.yaml "$(SUMMARY_SQL) eval_summary"
+
+# Verbal Value Probing driving the compression, its ablation and a second on-policy round
+# (pipelines/quickstart-verbal.yaml, ~15 min on 2 cores).
+demo-verbal: release
+	./target/release/sspo-run pipelines/quickstart-verbal.yaml
+	./target/release/sspo-run sql pipelines/quickstart-verbal.yaml "$(SUMMARY_SQL) eval_summary"
+	./target/release/sspo-run sql pipelines/quickstart-verbal.yaml "$(SUMMARY_SQL) eval_r2_summary"
 
 # The release profile, like `make demo`: the two share one build of the dependencies
 # (a second, debug, build of them costs ~20 min on 2 cores), and the real-model tests run
