@@ -233,5 +233,9 @@ fn the_verbal_base_answers_the_question_without_asking_it() {
         .filter_map(|r| Some((float(&r[0])?, flag(&r[1])?)))
         .collect();
     let auc = pairwise_auc(&scored).expect("both classes");
-    assert!(auc > 0.75, "verbal AUC {auc} over {} boundaries", scored.len());
+    assert!(
+        auc > 0.75,
+        "verbal AUC {auc} over {} boundaries",
+        scored.len()
+    );
 }
