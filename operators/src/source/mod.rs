@@ -340,8 +340,8 @@ impl NodeKernel for SourceKernel {
         let n_input = prepared.input_rows();
         ctx.set_metric("files", json!(self.files.len()));
         ctx.set_metric("file_rows", json!(table.num_rows()));
-        if !skipped.is_empty() {
-            ctx.set_metric("malformed_lines_first", json!(skipped.first_lines()));
+        if skipped.total > 0 {
+            ctx.set_metric("malformed_lines_first", json!(skipped.first));
         }
         ctx.run_chunks(n_input, self.params.chunk_rows, |ctx, range| {
             // Counted with the first chunk, which commits once, so a resumed run does
@@ -377,16 +377,8 @@ impl SkippedLines {
         );
     }
 
-    fn is_empty(&self) -> bool {
-        self.total == 0
-    }
-
-    fn first_lines(&self) -> &[String] {
-        &self.first
-    }
-
     fn count(&self, ctx: &mut RunContext) {
-        if self.is_empty() {
+        if self.total == 0 {
             return;
         }
         ctx.count(
@@ -405,13 +397,12 @@ impl SourceKernel {
     /// All files as one batch (columns united by name; a column whose type differs
     /// between files is read as text).
     fn load(&self) -> Result<(RecordBatch, SkippedLines), OpError> {
-        let mut skipped = SkippedLines::default();
         if let Some(cfg) = &self.params.synth {
             let table = match self.params.synth_rows {
                 SynthRows::Problems => synthetic::problems_table(cfg),
                 SynthRows::Sft => synthetic::sft_table(cfg),
             }?;
-            return Ok((table, skipped));
+            return Ok((table, SkippedLines::default()));
         }
         let mapping = &self.params.columns;
         let text_columns = |names: &[String]| -> Vec<String> {
@@ -419,6 +410,7 @@ impl SourceKernel {
             [m.prompt, m.answer, m.id].into_iter().flatten().collect()
         };
         let mut batches = Vec::with_capacity(self.files.len());
+        let mut skipped = SkippedLines::default();
         for (path, fmt) in &self.files {
             let read = read::read_file(path, *fmt, &text_columns, self.params.bad_rows)?;
             skipped.add(path, &read.skipped_lines);
