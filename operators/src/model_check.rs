@@ -12,6 +12,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use serde_json::Value;
+use sspo_common::plural::agree;
 use sspo_engine::{
     Diagnostic, Diagnostics, ModelChecker, ModelEntry, ModelSource, ModelUse, Operator,
 };
@@ -75,36 +76,24 @@ fn diagnostic(model: &ModelEntry, problem: &ModelError, chat_users: &[&str]) -> 
     let at = Some(model.value_loc.clone());
     let name = &model.name;
     if let ModelError::NoChatTemplate { .. } = problem {
+        let n = chat_users.len() as u64;
+        let names: Vec<String> = chat_users.iter().map(|u| format!("`{u}`")).collect();
+        let nodes = format!("{} {}", agree(n, "node{|s}"), names.join(", "));
         return Diagnostic::at(
             at,
             format!(
-                "model `{name}`: {problem}, but {} {} one with `chat_template: true`",
-                nodes_phrase(chat_users),
-                if chat_users.len() == 1 {
-                    "asks for"
-                } else {
-                    "ask for"
-                },
+                "model `{name}`: {problem}, but {nodes} {} one with `chat_template: true`",
+                agree(n, "{asks|ask} for"),
             ),
         )
         .with_help(format!(
-            "set `chat_template: false` on {}, or add the model's chat template to it",
-            nodes_phrase(chat_users)
+            "set `chat_template: false` on {nodes}, or add the model's chat template to it"
         ));
     }
     let d = Diagnostic::at(at, format!("model `{name}`: {problem}"));
     match help(problem) {
         Some(h) => d.with_help(h),
         None => d,
-    }
-}
-
-/// "node `a`" or "nodes `a`, `b`".
-fn nodes_phrase(nodes: &[&str]) -> String {
-    let names: Vec<String> = nodes.iter().map(|n| format!("`{n}`")).collect();
-    match names.len() {
-        1 => format!("node {}", names[0]),
-        _ => format!("nodes {}", names.join(", ")),
     }
 }
 
