@@ -7,6 +7,13 @@
 
 use std::path::Path;
 
+use crate::chat::ChatTemplate;
+use crate::error::{ModelError, Result};
+use crate::hub_dir::{read_config, read_generation, GENERATION_FILE};
+use crate::layout::parameter_shapes;
+use crate::tokenizer::TextTokenizer;
+use crate::{gguf, weights};
+
 /// What the nodes that use a model will read of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Needs {
@@ -16,13 +23,6 @@ pub struct Needs {
     /// A node renders prompts with the chat template, which must then exist.
     pub chat_template: bool,
 }
-
-use crate::chat::ChatTemplate;
-use crate::error::{ModelError, Result};
-use crate::hub_dir::{read_config, read_generation, GENERATION_FILE};
-use crate::layout::parameter_shapes;
-use crate::tokenizer::TextTokenizer;
-use crate::{gguf, weights};
 
 /// Every problem of the HF directory `dir` that loading what `needs` asks for would hit,
 /// each naming its file: `tokenizer.json` (it builds) and, for the whole model,
