@@ -85,10 +85,10 @@ fn check_unique_names(infos: &[TableInfo]) -> Result<(), SqlError> {
 
 /// "N damaged parts" and each, then the query's error, if any.
 fn damage_text(damage: &[Damage], error: Option<&str>) -> String {
-    let mut text = format!(
-        "{} damaged part{} (`sspo-run verify` checks them all; the next run recomputes them):",
-        damage.len(),
-        if damage.len() == 1 { "" } else { "s" }
+    let n = damage.len() as u64;
+    let mut text = sspo_common::plural::agree(
+        n,
+        &format!("{n} damaged part{{|s}} (`sspo-run verify` checks them all; the next run recomputes them):"),
     );
     for d in damage {
         text.push_str(&format!("\n  {d}"));
