@@ -116,6 +116,16 @@ pub enum PartProblem {
     Hash,
 }
 
+impl From<std::io::Error> for PartProblem {
+    /// A failed stat or read: `Missing` if there is no file.
+    fn from(e: std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => PartProblem::Missing,
+            _ => PartProblem::Unreadable(e.to_string()),
+        }
+    }
+}
+
 impl std::fmt::Display for PartProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -170,14 +180,10 @@ impl PartFile {
     /// Checks the file at `path` against the record. A record without a size or hash
     /// (an older manifest) checks what it has: at least that the file exists.
     pub fn check_file(&self, path: &Path, check: Check) -> Result<(), PartProblem> {
-        let unreadable = |e: std::io::Error| match e.kind() {
-            std::io::ErrorKind::NotFound => PartProblem::Missing,
-            _ => PartProblem::Unreadable(e.to_string()),
-        };
-        let meta = fs::metadata(path).map_err(unreadable)?;
+        let meta = fs::metadata(path)?;
         self.check_size(meta.len())?;
         if check == Check::Hash && self.blake3.is_some() {
-            let bytes = fs::read(path).map_err(unreadable)?;
+            let bytes = fs::read(path)?;
             self.check_bytes(&bytes)?;
         }
         Ok(())
@@ -502,10 +508,7 @@ impl NodeDir {
                     problem,
                 }))
             };
-            let bytes = fs::read(&path).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => damaged(PartProblem::Missing),
-                _ => damaged(PartProblem::Unreadable(e.to_string())),
-            })?;
+            let bytes = fs::read(&path).map_err(|e| damaged(e.into()))?;
             f.check_bytes(&bytes).map_err(damaged)?;
             let (s, mut b) =
                 decode_parquet(bytes::Bytes::from(bytes)).map_err(|source| StoreError::Part {
