@@ -42,6 +42,9 @@ pub struct Port {
     /// Takes a YAML list of inputs (`models: [base, sspo]`), read back in order with
     /// [`crate::RunContext::input_models`].
     pub many: bool,
+    /// A model port whose node reads only the model's tokenizer (so only the tokenizer
+    /// is checked before the run).
+    pub tokenizer_only: bool,
     pub doc: &'static str,
 }
 
@@ -52,6 +55,7 @@ impl Port {
             kind: PortKind::Table,
             required: true,
             many: false,
+            tokenizer_only: false,
             doc,
         }
     }
@@ -61,6 +65,7 @@ impl Port {
             kind: PortKind::Model,
             required: true,
             many: false,
+            tokenizer_only: false,
             doc,
         }
     }
@@ -71,6 +76,11 @@ impl Port {
     /// Accepts a list of inputs as well as a single one.
     pub const fn many(mut self) -> Self {
         self.many = true;
+        self
+    }
+    /// A model port of a node that reads only the model's tokenizer.
+    pub const fn tokenizer_only(mut self) -> Self {
+        self.tokenizer_only = true;
         self
     }
 }
@@ -185,6 +195,8 @@ pub struct ModelUse {
     pub op: String,
     /// The binding key of the port (`model`, `models.1`).
     pub port: String,
+    /// The port reads only the model's tokenizer ([`Port::tokenizer_only`]).
+    pub tokenizer_only: bool,
     /// The node's canonical params ([`NodeKernel::params_json`]): what it will ask of the
     /// model (a chat template, say) is written there.
     pub params: serde_json::Value,

@@ -5,17 +5,15 @@
 //!
 //! Nodes ask for the chat template with their `chat_template` param (generate, probe,
 //! train and evaluate share it through [`crate::rollout`]): a model used by such a node
-//! must have one. A model used only by `segment` is read for its tokenizer alone, so only
-//! its tokenizer is checked.
+//! must have one. A model used only through ports that read its tokenizer alone
+//! ([`sspo_engine::Port::tokenizer_only`], as `segment`'s) has only its tokenizer checked.
 
 use std::path::Path;
 use std::str::FromStr;
 
 use serde_json::Value;
 use sspo_common::plural::agree;
-use sspo_engine::{
-    Diagnostic, Diagnostics, ModelChecker, ModelEntry, ModelSource, ModelUse, Operator,
-};
+use sspo_engine::{Diagnostic, Diagnostics, ModelChecker, ModelEntry, ModelSource, ModelUse};
 use sspo_model::builtin::BUILTIN_NAMES;
 use sspo_model::check::Needs;
 use sspo_model::{DType, GgufError, ModelError};
@@ -31,10 +29,9 @@ impl ModelChecker for DiskModels {
             .filter(|u| u.params.get("chat_template") == Some(&Value::Bool(true)))
             .map(|u| u.node.as_str())
             .collect();
-        let segment = crate::segment::Segment.name();
         let needs = Needs {
             // An unused model is checked whole: it is there to be used.
-            model: uses.is_empty() || uses.iter().any(|u| u.op != segment),
+            model: uses.is_empty() || uses.iter().any(|u| !u.tokenizer_only),
             chat_template: !chat_users.is_empty(),
         };
         let problems = match &model.source {

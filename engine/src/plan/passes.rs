@@ -335,12 +335,19 @@ pub(super) fn check_models(
             let Some((op, kernel)) = &configured[i] else {
                 continue;
             };
+            let spec = &pipeline.nodes[i];
             for (port, b) in node_bindings {
                 if matches!(b, Binding::Model(m) if m == name) {
+                    let declared = spec
+                        .inputs
+                        .iter()
+                        .find(|inp| binding_key(&inp.port, inp.index) == *port)
+                        .and_then(|inp| op.ports().iter().find(|p| p.name == inp.port));
                     uses.push(ModelUse {
-                        node: pipeline.nodes[i].id.clone(),
+                        node: spec.id.clone(),
                         op: op.name().to_string(),
                         port: port.clone(),
+                        tokenizer_only: declared.is_some_and(|p| p.tokenizer_only),
                         params: kernel.params_json(),
                     });
                 }

@@ -196,7 +196,8 @@ impl Operator for Segment {
                 "model",
                 "the model whose tokenizer gives the token spans (only its tokenizer is read)",
             )
-            .optional(),
+            .optional()
+            .tokenizer_only(),
         ];
         PORTS
     }
