@@ -176,22 +176,20 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Vec<NodeOutcome>, RunError>
         .copied()
         .filter(|i| targets.contains(i))
         .collect();
-    // Damaged output is repaired on disk before anything runs; the loop below then sees
-    // repaired nodes as partial and the nodes below them as missing.
+    // Damaged output is repaired on disk before anything runs; the scan then reads
+    // repaired nodes as partial and the nodes below them as missing. A node's run writes
+    // only its own directory, so the scan stays true for the nodes after it.
     let mut scans = repair::scan(plan, &opts.run_dir, &fps, &order, &forced)?;
     repair::hash_read_parts(plan, &opts.run_dir, &mut scans);
-    let repaired = repair::repair(plan, &opts.run_dir, &scans, &log)?;
+    let repaired = repair::repair(plan, &opts.run_dir, &mut scans, &log)?;
     let mut outcomes = Vec::new();
-    for &i in &order {
+    for scanned in scans {
+        let i = scanned.index;
         let node = &plan.nodes[i];
         let id = node.id();
         let dir = NodeDir::new(&opts.run_dir, id);
-        let mut manifest = dir.read_manifest()?;
-        let mut st = status_of(manifest.as_ref(), &fps[i]);
-        if forced.contains(&i) && st != NodeStatus::Missing {
-            st = NodeStatus::Stale;
-        }
-        match st {
+        let mut manifest = scanned.manifest;
+        match scanned.status {
             NodeStatus::Cached => {
                 let rows = manifest.as_ref().map_or(0, Manifest::primary_rows);
                 progress.skipped(id, &format!("cached ({rows} rows)"));
@@ -208,7 +206,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Vec<NodeOutcome>, RunError>
                 dir.wipe()?;
                 manifest = None;
             }
-            // A damaged node was repaired by the scan: its manifest now reads partial.
+            // A damaged node was repaired above: the scan now reads it partial.
             NodeStatus::Partial | NodeStatus::Missing | NodeStatus::Damaged => {}
         }
         dir.ensure()?;

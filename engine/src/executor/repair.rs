@@ -135,35 +135,47 @@ pub(super) struct Repaired {
     pub chunks: Vec<u64>,
 }
 
-/// Repairs every damaged node of the scan (see the module's text); logs each damaged
-/// part and what will be recomputed.
+/// Repairs every damaged node of the scan (see the module's text) and updates the scan
+/// to match the disk: a repaired node partial, the nodes wiped below it missing. Logs
+/// each damaged part and what will be recomputed.
 pub(super) fn repair(
     plan: &Plan,
     run_dir: &Path,
-    scans: &[Scanned],
+    scans: &mut [Scanned],
     log: &dyn Fn(&str),
 ) -> Result<Vec<Repaired>, StoreError> {
     let mut out = Vec::new();
-    for s in scans.iter().filter(|s| s.status == NodeStatus::Damaged) {
+    for k in 0..scans.len() {
+        let s = &scans[k];
+        if s.status != NodeStatus::Damaged {
+            continue;
+        }
         let Some(manifest) = &s.manifest else {
             continue;
         };
-        let id = plan.nodes[s.index].id();
+        let index = s.index;
+        let id = plan.nodes[index].id();
+        let mut m = manifest.clone();
+        let chunks: BTreeSet<u64> = s.damage.iter().map(|d| d.chunk).collect();
+        for d in &s.damage {
+            log(&format!("damaged: {d}"));
+        }
         let mut wiped = Vec::new();
-        for j in plan.downstream_of(s.index).into_iter().skip(1) {
+        for j in plan.downstream_of(index).into_iter().skip(1) {
             let dir = NodeDir::new(run_dir, plan.nodes[j].id());
             if dir.path.exists() {
                 dir.wipe()?;
                 wiped.push(format!("`{}`", plan.nodes[j].id()));
             }
+            if let Some(below) = scans.iter_mut().find(|s| s.index == j) {
+                below.manifest = None;
+                below.status = NodeStatus::Missing;
+            }
         }
-        for d in &s.damage {
-            log(&format!("damaged: {d}"));
-        }
-        let chunks: BTreeSet<u64> = s.damage.iter().map(|d| d.chunk).collect();
-        let mut m = manifest.clone();
         m.drop_chunks(&chunks);
         NodeDir::new(run_dir, id).write_manifest(&m)?;
+        scans[k].manifest = Some(m);
+        scans[k].status = NodeStatus::Partial;
         let list: Vec<String> = chunks.iter().map(u64::to_string).collect();
         let below = if wiped.is_empty() {
             String::new()
@@ -175,7 +187,7 @@ pub(super) fn repair(
             list.join(", ")
         ));
         out.push(Repaired {
-            index: s.index,
+            index,
             chunks: chunks.into_iter().collect(),
         });
     }
