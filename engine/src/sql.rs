@@ -119,12 +119,12 @@ fn manifests(run_dir: &Path) -> Result<Vec<(NodeDir, Manifest)>, SqlError> {
     Ok(out)
 }
 
-/// Every damaged part of the run, checked as far as `check` goes.
-fn damage(run_dir: &Path, check: Check) -> Result<Vec<Damage>, SqlError> {
-    Ok(manifests(run_dir)?
+/// Every damaged part of the run's nodes, checked as far as `check` goes.
+fn damage(nodes: &[(NodeDir, Manifest)], check: Check) -> Vec<Damage> {
+    nodes
         .iter()
         .flat_map(|(dir, m)| check_node(dir, m, check))
-        .collect())
+        .collect()
 }
 
 fn tables_of(dir: &Path, m: &Manifest) -> Vec<TableInfo> {
@@ -177,7 +177,8 @@ pub async fn context(run_dir: &Path) -> Result<SessionContext, SqlError> {
 /// Runs one query to completion. A missing or truncated part is refused before the
 /// query; a query that fails on a file is explained by the parts whose hash is wrong.
 pub fn query(run_dir: &Path, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
-    let damaged = damage(run_dir, Check::Size)?;
+    let nodes = manifests(run_dir)?;
+    let damaged = damage(&nodes, Check::Size);
     if !damaged.is_empty() {
         return Err(SqlError::Damaged(damaged, None));
     }
@@ -192,10 +193,10 @@ pub fn query(run_dir: &Path, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
     });
     match result {
         Err(SqlError::DataFusion(e)) if reads_files(&e) => {
-            let mut damaged = damage(run_dir, Check::Hash)?;
+            let mut damaged = damage(&nodes, Check::Hash);
             if damaged.is_empty() {
                 // Parts of older manifests have no hash: name those that do not open.
-                damaged = unopenable(run_dir)?;
+                damaged = unopenable(&nodes);
             }
             if damaged.is_empty() {
                 Err(SqlError::DataFusion(e))
@@ -208,9 +209,9 @@ pub fn query(run_dir: &Path, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
 }
 
 /// Parts whose Parquet footer does not read.
-fn unopenable(run_dir: &Path) -> Result<Vec<Damage>, SqlError> {
+fn unopenable(nodes: &[(NodeDir, Manifest)]) -> Vec<Damage> {
     let mut out = Vec::new();
-    for (dir, m) in manifests(run_dir)? {
+    for (dir, m) in nodes {
         for (chunk, f) in m.parts() {
             let path = dir.path.join(&f.file);
             let opened = std::fs::File::open(&path)
@@ -228,7 +229,7 @@ fn unopenable(run_dir: &Path) -> Result<Vec<Damage>, SqlError> {
             }
         }
     }
-    Ok(out)
+    out
 }
 
 /// Whether a query's error may come from a part file (not from the SQL text or plan).
