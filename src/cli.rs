@@ -10,6 +10,8 @@ use sspo_engine::executor::{self, default_run_dir, RunError};
 use sspo_engine::sql::{self, Format};
 use sspo_engine::{Diagnostics, Pipeline, Plan, ProgressMode, Registry, RunOptions};
 
+use crate::{export, launch, sharded};
+
 #[derive(Parser, Debug)]
 #[command(
     name = "sspo-run",
@@ -44,6 +46,67 @@ enum Command {
         /// otherwise deleted once the node completes.
         #[arg(long)]
         keep_scratch: bool,
+        /// Run only the chunks that shard I of N owns (chunk % N == I), committed
+        /// create-only; `auto` reads SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, or
+        /// JOB_COMPLETION_INDEX with SSPO_SHARD_COUNT. The node is committed when its last
+        /// chunk is done (or by `sspo-run commit`). See docs/scale-out.md.
+        #[arg(long, value_name = "I/N|auto", conflicts_with_all = ["force", "until"])]
+        shard: Option<String>,
+        /// With --shard: shard only NODE (default: every shardable node whose inputs are
+        /// committed).
+        #[arg(long, value_name = "NODE", requires = "shard")]
+        node: Option<String>,
+        /// With --shard: do not commit a node whose last chunk this shard completes;
+        /// leave it to `sspo-run commit`.
+        #[arg(long, requires = "shard")]
+        no_commit: bool,
+    },
+    /// Commit a sharded node once every chunk is done: writes its manifest (and runs what
+    /// follows its chunk loop, e.g. evaluate's summary); refuses, naming the missing
+    /// chunks, when one is not.
+    Commit {
+        pipeline: PathBuf,
+        /// Commit only NODE (default: every node with chunks from shards).
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Write launch files for a sharded run: one Slurm array job or Kubernetes Indexed
+    /// Job per stage, with the commits between stages.
+    Plan {
+        pipeline: PathBuf,
+        /// Shards (array tasks / job indices) per shardable node.
+        #[arg(long, value_name = "N")]
+        shards: u64,
+        #[arg(long, value_enum)]
+        emit: launch::Emit,
+        /// Directory for the files (default: launch/<pipeline name>-<emit>).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Container image (Kubernetes).
+        #[arg(long, default_value = "sspo-run:latest")]
+        image: String,
+        /// PersistentVolumeClaim holding the working directory (Kubernetes).
+        #[arg(long, value_name = "NAME", default_value = "sspo-work")]
+        volume_claim: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Export a node's table for another trainer: `--format trl-dpo` writes `pair`'s
+    /// pairs as TRL's DPO dataset (prompt, chosen, rejected; step advantages alongside).
+    Export {
+        /// A pipeline file or a run directory.
+        source: PathBuf,
+        #[arg(long, value_name = "NODE")]
+        node: String,
+        #[arg(long, value_enum)]
+        format: export::ExportFormat,
+        /// The Parquet file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[command(flatten)]
+        target: Target,
     },
     /// Check a pipeline and report every error as FILE:LINE:COL.
     Validate {
@@ -129,7 +192,7 @@ enum ProgressArg {
 }
 
 const SUBCOMMANDS: &[&str] = &[
-    "run", "validate", "status", "sql", "show", "verify", "ops", "help",
+    "run", "validate", "status", "sql", "show", "verify", "ops", "commit", "plan", "export", "help",
 ];
 
 /// `sspo-run PIPELINE.yaml ...` means `sspo-run run PIPELINE.yaml ...`.
@@ -143,16 +206,16 @@ fn with_default_subcommand(mut args: Vec<String>) -> Vec<String> {
 }
 
 /// A failure with its exit code.
-struct Failure {
-    code: i32,
-    message: String,
+pub(crate) struct Failure {
+    pub(crate) code: i32,
+    pub(crate) message: String,
 }
 
 impl Failure {
     /// A library error as the user sees it: `error: ` and its `Display`, once. Every sspo
     /// error's `Display` already includes its causes (see `sspo_engine::error`), so the
     /// `source()` chain is not walked: it would only repeat them.
-    fn error(code: i32, err: &dyn std::error::Error) -> Self {
+    pub(crate) fn error(code: i32, err: &dyn std::error::Error) -> Self {
         Failure {
             code,
             message: format!("error: {err}"),
@@ -179,7 +242,7 @@ impl<T, E: std::error::Error> Context<T> for Result<T, E> {
     }
 }
 
-fn invalid(d: Diagnostics) -> Failure {
+pub(crate) fn invalid(d: Diagnostics) -> Failure {
     let n = d.len();
     Failure {
         code: 2,
@@ -261,8 +324,15 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             until,
             progress,
             keep_scratch,
+            shard,
+            node,
+            no_commit,
         } => {
             let plan = load_plan(&pipeline, &target.sets, ModelChecks::On)?;
+            let shard = match shard {
+                Some(text) => Some(sharded::parse_shard(&plan, &text, node.as_deref())?),
+                None => None,
+            };
             // Before any tensor work and before other threads start (it sets libtorch's
             // environment variables).
             sspo_operators::model_port::configure_cpu(&plan.pipeline.cpu)
@@ -281,6 +351,9 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 },
                 keep_scratch,
             };
+            if let Some(shard) = shard {
+                return sharded::run(&plan, &opts, shard, node.as_deref(), !no_commit);
+            }
             match executor::run(&plan, &opts) {
                 Ok(outcomes) => {
                     print_outcomes(&outcomes, &run_dir);
@@ -293,6 +366,66 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 Err(e @ RunError::UnknownNode(..)) => Err(Failure::error(2, &e)),
                 Err(e) => Err(Failure::error(1, &e)),
             }
+        }
+        Command::Commit {
+            pipeline,
+            node,
+            target,
+        } => {
+            let plan = load_plan(&pipeline, &target.sets, ModelChecks::Off)?;
+            let opts = RunOptions {
+                run_dir: run_dir_of(&plan, &target),
+                force: Vec::new(),
+                until: None,
+                progress: ProgressMode::detect(),
+                keep_scratch: false,
+            };
+            sharded::commit(&plan, &opts, node.as_deref())
+        }
+        Command::Plan {
+            pipeline,
+            shards,
+            emit,
+            out,
+            image,
+            volume_claim,
+            target,
+        } => {
+            let plan = load_plan(&pipeline, &target.sets, ModelChecks::Off)?;
+            let settings = launch::Settings {
+                pipeline: pipeline.clone(),
+                run_dir: target.run_dir.clone(),
+                sets: target.sets.clone(),
+                shards,
+                image,
+                volume_claim,
+            };
+            let out = out.unwrap_or_else(|| {
+                PathBuf::from("launch").join(format!("{}-{}", plan.pipeline.name, emit.name()))
+            });
+            let written = launch::write(&plan, &settings, emit, &out).map_err(|e| Failure {
+                code: if e.is::<launch::UsageError>() { 2 } else { 1 },
+                message: format!("error: {e:#}"),
+            })?;
+            for f in written {
+                println!("{}", f.display());
+            }
+            Ok(())
+        }
+        Command::Export {
+            source,
+            node,
+            format,
+            out,
+            target,
+        } => {
+            let run_dir = resolve_source(&source, &target)?;
+            let n = export::export(&run_dir, &node, format, &out).map_err(|e| Failure {
+                code: 1,
+                message: format!("error: {e:#}"),
+            })?;
+            eprintln!("{}: {n} rows", out.display());
+            Ok(())
         }
         Command::Validate { pipeline, sets } => {
             let plan = load_plan(&pipeline, &sets, ModelChecks::On)?;
@@ -444,7 +577,7 @@ fn ensure_newline(mut s: String) -> String {
     s
 }
 
-fn print_outcomes(outcomes: &[sspo_engine::NodeOutcome], run_dir: &Path) {
+pub(crate) fn print_outcomes(outcomes: &[sspo_engine::NodeOutcome], run_dir: &Path) {
     for o in outcomes {
         match o.action {
             "cached" => eprintln!("  {:<20} cached    {:>10} rows", o.node, o.rows),
@@ -464,7 +597,7 @@ fn print_outcomes(outcomes: &[sspo_engine::NodeOutcome], run_dir: &Path) {
 
 static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
 
-fn install_ctrlc() {
+pub(crate) fn install_ctrlc() {
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTS.fetch_add(1, Ordering::SeqCst) == 0 {
             eprintln!("\ninterrupt: finishing the current chunk's commit (Ctrl-C again stops at once; nothing half-written is ever visible)");

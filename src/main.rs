@@ -1,6 +1,9 @@
 //! `sspo-run`: run, validate, inspect and query sspo pipelines.
 
 mod cli;
+mod export;
+mod launch;
+mod sharded;
 
 fn main() {
     std::process::exit(cli::main());

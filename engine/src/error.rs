@@ -22,6 +22,12 @@ pub enum OpError {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("interrupted; committed work is kept and the next run resumes from it")]
     Cancelled,
+    /// Not a failure: a shard of a sharded run has committed its chunks, and the node's
+    /// work after its chunk loop (a summary over all rows) waits for `sspo-run commit`.
+    /// [`crate::RunContext::run_chunks`] returns it in a shard so that operators stop
+    /// there with their usual `?`.
+    #[error("this shard's chunks are committed; the rest of the node runs at `sspo-run commit`")]
+    ShardDone,
     /// A broken invariant: a bug in `sspo`, not a problem with the user's input.
     #[error("internal error (a bug in sspo, please report it): {0}")]
     Internal(String),

@@ -2,7 +2,12 @@
 //! resumed, stale ones recomputed (with everything downstream, since fingerprints chain),
 //! damaged ones repaired ([`repair`]).
 
+mod commit;
 mod repair;
+mod shard;
+
+pub use commit::commit;
+pub use shard::{run_shard, shard_diagnostic, ShardNode, ShardReport};
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -11,6 +16,7 @@ use sspo_common::suggest::did_you_mean;
 
 use crate::error::OpError;
 use crate::fingerprint::ContentHasher;
+use crate::markers;
 use crate::plan::{Plan, PlanError};
 use crate::progress::{Progress, ProgressMode};
 use crate::run::RunContext;
@@ -70,6 +76,44 @@ pub enum RunError {
     Interrupted(String),
     #[error("unknown node `{0}`{1}")]
     UnknownNode(String, String),
+    #[error(
+        "node `{node}` (op `{op}`) cannot be sharded; run it without --shard (`--until {node}`)"
+    )]
+    NotShardable { node: String, op: String },
+    #[error("node `{node}` reads `{input}`, which is {status}, not committed: run (or commit) `{input}` first")]
+    InputNotCommitted {
+        node: String,
+        input: String,
+        status: &'static str,
+    },
+    #[error("node `{node}` has damaged parts; a sharded run does not repair: run `sspo-run PIPELINE --until {node}` (or `sspo-run verify`)")]
+    NeedsRepair { node: String },
+    #[error("cannot commit node `{node}`: {} not committed yet ({owners}); run the shards that own {}, then commit again", chunks_phrase(.missing), if .missing.len() == 1 { "it" } else { "them" })]
+    MissingChunks {
+        node: String,
+        missing: Vec<u64>,
+        /// Which shard owns each, as far as the markers tell (`shard 1/4: chunk 1, 5`).
+        owners: String,
+    },
+    #[error("nothing to commit for node `{0}`: no shard has committed a chunk of it (run `sspo-run PIPELINE --shard I/N --node {0}` first)")]
+    NothingToCommit(String),
+    #[error("a sharded run has nothing it can run now:{0}")]
+    NothingToShard(String),
+}
+
+/// "chunk 3" or "chunks 1, 5 and 9" (at most 20 listed).
+fn chunks_phrase(chunks: &[u64]) -> String {
+    let shown: Vec<String> = chunks.iter().take(20).map(u64::to_string).collect();
+    let more = if chunks.len() > shown.len() {
+        format!(" and {} more", chunks.len() - shown.len())
+    } else {
+        String::new()
+    };
+    match shown.as_slice() {
+        [one] => format!("chunk {one}"),
+        [init @ .., last] if more.is_empty() => format!("chunks {} and {last}", init.join(", ")),
+        _ => format!("chunks {}{more}", shown.join(", ")),
+    }
 }
 
 /// What happened to each node in a run.
@@ -133,6 +177,7 @@ pub fn status(plan: &Plan, run_dir: &Path) -> Result<Vec<NodeReport>, RunError> 
                     "computed from `{up}`, which is damaged: a run recomputes it"
                 )],
                 (None, NodeStatus::Damaged) => s.damage.iter().map(ToString::to_string).collect(),
+                (None, NodeStatus::Partial) => sharded_progress(plan, run_dir, &s),
                 _ => Vec::new(),
             };
             NodeReport {
@@ -145,7 +190,31 @@ pub fn status(plan: &Plan, run_dir: &Path) -> Result<Vec<NodeReport>, RunError> 
         .collect())
 }
 
-fn resolve_node(plan: &Plan, id: &str) -> Result<usize, RunError> {
+/// For a partial node with chunks committed by shards: how far it is.
+fn sharded_progress(plan: &Plan, run_dir: &Path, s: &repair::Scanned) -> Vec<String> {
+    let dir = NodeDir::new(run_dir, plan.nodes[s.index].id());
+    let Some(m) = &s.manifest else {
+        return Vec::new();
+    };
+    if !markers::has_shards(&dir) {
+        return Vec::new();
+    }
+    let missing = markers::missing_chunks(m);
+    let total = markers::chunk_count(m);
+    if missing.is_empty() {
+        vec![format!(
+            "sharded: all {total} chunks done; `sspo-run commit` completes the node"
+        )]
+    } else {
+        vec![format!(
+            "sharded: {} of {total} chunks done; not yet: {}",
+            total - missing.len() as u64,
+            chunks_phrase(&missing)
+        )]
+    }
+}
+
+pub(crate) fn resolve_node(plan: &Plan, id: &str) -> Result<usize, RunError> {
     plan.index(id).ok_or_else(|| {
         let ids: Vec<&str> = plan.nodes.iter().map(|n| n.id()).collect();
         let hint = did_you_mean(id, ids.iter().copied())
@@ -168,18 +237,40 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Vec<NodeOutcome>, RunError>
     for id in &opts.force {
         forced.extend(plan.downstream_of(resolve_node(plan, id)?));
     }
-    let progress = Progress::new(opts.progress);
-    let log = |line: &str| progress.println(line);
     let order: Vec<usize> = plan
         .order
         .iter()
         .copied()
         .filter(|i| targets.contains(i))
         .collect();
+    run_nodes(plan, opts, &fps, &hasher, &order, &forced, RunMode::Run)
+}
+
+/// Whether [`run_nodes`] runs nodes or commits sharded ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunMode {
+    Run,
+    /// Every chunk is committed by markers: the node's run does only what follows its
+    /// chunk loop, and its first manifest is written create-only.
+    Commit,
+}
+
+/// Runs the nodes `order` (in plan order) with the lock held by the caller.
+fn run_nodes(
+    plan: &Plan,
+    opts: &RunOptions,
+    fps: &[String],
+    hasher: &ContentHasher,
+    order: &[usize],
+    forced: &[usize],
+    mode: RunMode,
+) -> Result<Vec<NodeOutcome>, RunError> {
+    let progress = Progress::new(opts.progress);
+    let log = |line: &str| progress.println(line);
     // Damaged output is repaired on disk before anything runs; the scan then reads
     // repaired nodes as partial and the nodes below them as missing. A node's run writes
     // only its own directory, so the scan stays true for the nodes after it.
-    let mut scans = repair::scan(plan, &opts.run_dir, &fps, &order, &forced)?;
+    let mut scans = repair::scan(plan, &opts.run_dir, fps, order, forced)?;
     repair::hash_read_parts(plan, &opts.run_dir, &mut scans);
     let repaired = repair::repair(plan, &opts.run_dir, &mut scans, &log)?;
     let mut outcomes = Vec::new();
@@ -217,7 +308,7 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Vec<NodeOutcome>, RunError>
             .find(|r| r.index == i)
             .map(|r| r.chunks.clone())
             .unwrap_or_default();
-        let inputs = plan.inputs_of(i, &opts.run_dir, &fps, &hasher)?;
+        let inputs = plan.inputs_of(i, &opts.run_dir, fps, hasher)?;
         let bar = progress.node(id, "rows");
         let start = Instant::now();
         let mut ctx = RunContext::new(
@@ -235,32 +326,55 @@ pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Vec<NodeOutcome>, RunError>
         );
         let action = if !dropped.is_empty() {
             "repaired"
+        } else if mode == RunMode::Commit {
+            "committed"
         } else if resumed {
             "resumed"
         } else {
             "ran"
         };
         ctx.set_repaired(dropped);
+        if mode == RunMode::Commit && !dir.manifest_path().exists() {
+            ctx.set_create_first_manifest();
+        }
         let node_err = |source| RunError::Node {
             node: id.to_string(),
             op: node.op.name().to_string(),
             source,
         };
-        match node.kernel.run(&mut ctx) {
-            Ok(()) => {}
+        let finished = match node.kernel.run(&mut ctx) {
+            Ok(()) => ctx.finish(),
+            Err(e) => Err(e),
+        };
+        let m = match finished {
+            Ok(m) => m,
             Err(OpError::Cancelled) => {
                 bar.abandon("interrupted");
                 return Err(RunError::Interrupted(id.to_string()));
+            }
+            Err(OpError::Store(StoreError::Committed(_))) => {
+                // Another commit of this node wrote its manifest first: it stands.
+                bar.finish("committed by another process");
+                let m = dir.read_manifest()?;
+                outcomes.push(NodeOutcome {
+                    node: id.to_string(),
+                    action: "cached",
+                    rows: m.as_ref().map_or(0, Manifest::primary_rows),
+                    seconds: 0.0,
+                    summary: m.as_ref().and_then(Manifest::summary),
+                });
+                continue;
             }
             Err(e) => {
                 bar.abandon("failed");
                 return Err(node_err(e));
             }
-        }
-        let m = ctx.finish().map_err(node_err)?;
+        };
         if !opts.keep_scratch {
-            remove_scratch(&NodeDir::new(&opts.run_dir, id).path);
+            remove_scratch(&dir.path);
         }
+        // The complete manifest lists every chunk the shards' markers did.
+        markers::remove_all(&dir);
         let seconds = start.elapsed().as_secs_f64();
         bar.finish(&format!("done: {} rows in {seconds:.1}s", m.primary_rows()));
         outcomes.push(NodeOutcome {

@@ -65,13 +65,14 @@ pub enum VerifyError {
     },
 }
 
-/// The node directories of a run (those with a manifest), sorted by name.
+/// The node directories of a run (those with a manifest, or with chunks committed by
+/// the shards of a sharded run), sorted by name.
 pub fn node_dirs(run_dir: &Path) -> Option<Vec<NodeDir>> {
     let entries = std::fs::read_dir(run_dir).ok()?;
     let mut dirs: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.join(MANIFEST).is_file())
+        .filter(|p| p.join(MANIFEST).is_file() || p.join(crate::markers::SHARDS_DIR).is_dir())
         .collect();
     dirs.sort();
     Some(dirs.into_iter().map(|path| NodeDir { path }).collect())
@@ -102,7 +103,7 @@ pub fn verify(run_dir: &Path, only: Option<&str>) -> Result<Vec<NodeVerdict>, Ve
 fn verify_node(dir: &NodeDir) -> NodeVerdict {
     // A manifest that vanished since the listing (another process wiped the node) lists
     // nothing, so nothing of it can be damaged.
-    let result = dir.read_manifest().map(|m| {
+    let result = crate::markers::node_view(dir, None).map(|m| {
         m.map(|m| PartsChecked {
             parts: m.parts().count(),
             bytes: m.parts().filter_map(|(_, f)| f.bytes).sum(),

@@ -6,7 +6,9 @@
 //! The modules are layered, each importing only from the ones before it:
 //!
 //! - foundations: [`diag`] (located diagnostics), [`yaml`], [`params`], [`failpoint`]
-//!   (test-only faults in the store's writes), [`store`] (the on-disk format), [`error`]
+//!   (test-only faults in the store's writes), [`store`] (the on-disk format), [`markers`]
+//!   (chunks committed by the shards of a sharded run), [`shard`] (which chunks a shard
+//!   owns), [`error`]
 //!   ([`OpError`]), [`binding`] (what a port is bound to), [`fingerprint`], [`progress`];
 //! - [`spec`]: the file's shape, parsed;
 //! - [`run`]: what a running node sees ([`RunContext`], the chunk loop), and
@@ -23,11 +25,13 @@ pub mod executor;
 pub mod failpoint;
 pub mod fingerprint;
 pub mod integrity;
+pub mod markers;
 pub mod operator;
 pub mod params;
 pub mod plan;
 pub mod progress;
 pub mod run;
+pub mod shard;
 pub mod spec;
 pub mod sql;
 pub mod store;
@@ -37,7 +41,10 @@ pub use binding::{Input, ModelRef, ModelSource};
 pub use checkpoint::{CheckpointState, Checkpointed, Checkpoints, StepPlan};
 pub use diag::{Diagnostic, Diagnostics, Loc};
 pub use error::OpError;
-pub use executor::{run, status, NodeOutcome, NodeReport, NodeStatus, RunError, RunOptions};
+pub use executor::{
+    commit, run, run_shard, status, NodeOutcome, NodeReport, NodeStatus, RunError, RunOptions,
+    ShardReport,
+};
 pub use operator::{
     Columns, ConfigureContext, ModelChecker, ModelUse, NodeKernel, Operator, Port, PortKind,
     Registry,
@@ -46,4 +53,5 @@ pub use params::Params;
 pub use plan::Plan;
 pub use progress::ProgressMode;
 pub use run::{ChunkOutput, RunContext};
+pub use shard::Shard;
 pub use spec::{CpuSpec, ModelEntry, Pipeline};

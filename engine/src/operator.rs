@@ -184,6 +184,14 @@ pub trait NodeKernel: Send + Sync {
         Vec::new()
     }
 
+    /// Whether a sharded run (`sspo-run PIPELINE --shard I/N`) may split this node's
+    /// chunk loop across processes. Only a node whose every chunk is computed from its
+    /// input rows alone, through [`RunContext::run_chunks`], can say yes; what it does
+    /// after the loop (a summary over all rows) then runs once, at `sspo-run commit`.
+    fn shardable(&self) -> bool {
+        false
+    }
+
     /// Does the work; commits output through the context.
     fn run(&self, ctx: &mut RunContext) -> Result<(), OpError>;
 }

@@ -12,7 +12,10 @@ use arrow::array::RecordBatch;
 use crate::binding::{split_binding_key, Input, ModelRef};
 use crate::error::OpError;
 use crate::progress::NodeProgress;
+use crate::shard::Shard;
 use crate::store::{now_s, schema_records, ChunkRecord, Manifest, NodeDir, NodeState};
+
+mod sharded;
 
 static CANCEL: AtomicBool = AtomicBool::new(false);
 
@@ -62,6 +65,12 @@ pub struct RunContext<'a> {
     /// Chunks dropped from the manifest as damaged before this run (see
     /// [`Self::repaired_chunks`]).
     repaired: Vec<u64>,
+    /// In a shard of a sharded run: which shard, and this attempt's tag. The chunk loop
+    /// then commits the shard's chunks through markers and never writes the manifest.
+    shard: Option<(Shard, String)>,
+    /// A commit of a sharded node where no manifest exists yet: the node's first
+    /// manifest is written create-only, so that of two concurrent commits one writes it.
+    create_first_manifest: bool,
 }
 
 impl<'a> RunContext<'a> {
@@ -102,7 +111,43 @@ impl<'a> RunContext<'a> {
             log,
             started: Instant::now(),
             repaired: Vec::new(),
+            shard: None,
+            create_first_manifest: false,
         }
+    }
+
+    /// Makes this a shard's run: only the chunks `shard` owns are computed, each committed
+    /// create-only under the attempt's tag.
+    pub(crate) fn set_shard(&mut self, shard: Shard, attempt: String) {
+        self.shard = Some((shard, attempt));
+    }
+
+    /// Writes the node's first manifest create-only (see the field).
+    pub(crate) fn set_create_first_manifest(&mut self) {
+        self.create_first_manifest = true;
+    }
+
+    /// The shard this run computes, if it is a shard of a sharded run.
+    pub fn shard(&self) -> Option<Shard> {
+        self.shard.as_ref().map(|(s, _)| *s)
+    }
+
+    /// Writes the manifest: create-only the first time when asked to (a commit that
+    /// finds another commit's manifest fails with [`crate::store::StoreError::Committed`]).
+    fn write_manifest(&mut self, m: &Manifest) -> Result<(), crate::store::StoreError> {
+        if !self.create_first_manifest {
+            return self.dir.write_manifest(m);
+        }
+        if !self
+            .dir
+            .create_manifest(m, &crate::markers::attempt_tag())?
+        {
+            return Err(crate::store::StoreError::Committed(
+                self.dir.manifest_path(),
+            ));
+        }
+        self.create_first_manifest = false;
+        Ok(())
     }
 
     pub(crate) fn set_repaired(&mut self, chunks: Vec<u64>) {
@@ -306,6 +351,9 @@ impl<'a> RunContext<'a> {
     where
         F: FnMut(&mut Self, Range<usize>) -> Result<ChunkOutput, OpError>,
     {
+        if let Some((shard, attempt)) = self.shard.clone() {
+            return self.run_shard_chunks(shard, attempt, input_rows, chunk_rows, f);
+        }
         let chunk_rows = chunk_rows.max(1);
         let n_chunks = input_rows.div_ceil(chunk_rows).max(1);
         let plan_matches = self.manifest.as_ref().is_some_and(|m| {
@@ -406,7 +454,7 @@ impl<'a> RunContext<'a> {
         });
         m.chunks.sort_by_key(|c| c.index);
         self.stamp(&mut m);
-        self.dir.write_manifest(&m)?;
+        self.write_manifest(&m)?;
         self.manifest = Some(m);
         Ok(())
     }
@@ -472,7 +520,7 @@ impl<'a> RunContext<'a> {
         });
         m.chunks.sort_by_key(|c| c.index);
         self.stamp(&mut m);
-        let written = self.dir.write_manifest(&m);
+        let written = self.write_manifest(&m);
         self.manifest = Some(m);
         Ok(written?)
     }
@@ -495,7 +543,7 @@ impl<'a> RunContext<'a> {
             .ok_or_else(|| OpError::msg("the operator finished without committing any output"))?;
         m.state = NodeState::Complete;
         self.stamp(&mut m);
-        self.dir.write_manifest(&m)?;
+        self.write_manifest(&m)?;
         Ok(m)
     }
 

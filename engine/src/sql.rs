@@ -108,11 +108,13 @@ pub fn tables(run_dir: &Path) -> Result<Vec<TableInfo>, SqlError> {
         .collect())
 }
 
+/// Every node's committed state; a node that shards are still computing shows the
+/// chunks they have committed so far, as a partial table.
 fn manifests(run_dir: &Path) -> Result<Vec<(NodeDir, Manifest)>, SqlError> {
     let dirs = node_dirs(run_dir).ok_or_else(|| SqlError::NotARun(run_dir.to_path_buf()))?;
     let mut out = Vec::new();
     for dir in dirs {
-        if let Some(m) = dir.read_manifest()? {
+        if let Some(m) = crate::markers::node_view(&dir, None)? {
             out.push((dir, m));
         }
     }
@@ -241,6 +243,49 @@ fn reads_files(e: &datafusion::error::DataFusionError) -> bool {
         E::Shared(inner) => reads_files(inner),
         _ => false,
     }
+}
+
+/// Runs `sql` and writes its result to the Parquet file `out` (created or replaced, via a
+/// temp file and a rename); returns the number of rows. For exports to other tools.
+pub fn query_to_parquet(run_dir: &Path, sql: &str, out: &Path) -> Result<u64, SqlError> {
+    let batches = query(run_dir, sql)?;
+    // An empty result has no batch to take the columns from: plan the query for them.
+    let schema = match batches.first() {
+        Some(b) => b.schema(),
+        None => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .map_err(SqlError::Runtime)?;
+            rt.block_on(async {
+                let df = context(run_dir).await?.sql(sql).await?;
+                Ok::<_, SqlError>(Arc::new(df.schema().as_arrow().clone()))
+            })?
+        }
+    };
+    let io = |e: std::io::Error| {
+        SqlError::Store(crate::store::StoreError::Io {
+            path: out.to_path_buf(),
+            source: e,
+        })
+    };
+    let pq = |e: parquet::errors::ParquetError| {
+        SqlError::Store(crate::store::StoreError::Parquet {
+            path: out.to_path_buf(),
+            source: e,
+        })
+    };
+    let mut writer = parquet::arrow::ArrowWriter::try_new(Vec::new(), schema, None).map_err(pq)?;
+    let mut rows = 0u64;
+    for b in &batches {
+        writer.write(b).map_err(pq)?;
+        rows += b.num_rows() as u64;
+    }
+    let bytes = writer.into_inner().map_err(pq)?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    crate::store::write_atomic(out, &bytes)?;
+    Ok(rows)
 }
 
 /// Output formats of `sspo-run sql` and `show`.

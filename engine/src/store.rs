@@ -68,6 +68,8 @@ pub enum StoreError {
         path: PathBuf,
         source: Box<parquet::errors::ParquetError>,
     },
+    #[error("{0}: another commit wrote this manifest first; nothing was changed")]
+    Committed(PathBuf),
     #[error("{0}; `sspo-run verify` lists every damaged part, and the next run recomputes them")]
     Damaged(Box<Damage>),
 }
@@ -322,6 +324,45 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     })
 }
 
+/// Writes `bytes` to `path` only if nothing is there yet, durably and atomically: a temp
+/// file named after `tag` (unique to the writer, so concurrent writers never share one)
+/// is written and fsynced, then hard-linked to `path`, which fails if `path` exists.
+/// Returns whether this call created `path`; `false` means another writer was first,
+/// and nothing was changed. The first writer wins, whoever comes later.
+pub fn write_create_only(path: &Path, bytes: &[u8], tag: &str) -> Result<bool, StoreError> {
+    let (dir, name) = dir_and_name(path);
+    let tmp = dir.join(format!(".{name}.{tag}.tmp"));
+    let written = (|| {
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        crate::failpoint::before_rename(&tmp).map_err(io_err(&tmp))?;
+        match fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io_err(path)(e)),
+        }
+    })();
+    let _ = fs::remove_file(&tmp);
+    let created = written?;
+    if created {
+        sync_dir(dir)?;
+    }
+    Ok(created)
+}
+
+fn dir_and_name(path: &Path) -> (&Path, String) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (dir, name)
+}
+
 /// Fsyncs a directory, making the renames and new entries in it durable. A file system
 /// that cannot sync directories (it answers "invalid argument") is taken as it is.
 pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -350,14 +391,7 @@ fn replace_atomically(
     path: &Path,
     write: impl FnOnce(&Path) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let (dir, name) = dir_and_name(path);
     let tmp = dir.join(format!(".{name}.tmp"));
     write(&tmp)?;
     fs::rename(&tmp, path).map_err(io_err(path))?;
@@ -400,6 +434,16 @@ impl NodeDir {
             source,
         })?;
         write_atomic(&self.manifest_path(), &bytes)
+    }
+
+    /// Writes the node's first manifest, create-only: `false` if one exists already
+    /// (another commit was first), and nothing is changed.
+    pub fn create_manifest(&self, m: &Manifest, tag: &str) -> Result<bool, StoreError> {
+        let bytes = serde_json::to_vec_pretty(m).map_err(|source| StoreError::Manifest {
+            path: self.manifest_path(),
+            source,
+        })?;
+        write_create_only(&self.manifest_path(), &bytes, tag)
     }
 
     /// Removes everything (a different fingerprint, or `--force`).
@@ -468,17 +512,34 @@ impl NodeDir {
         index: u64,
         batch: &RecordBatch,
     ) -> Result<PartFile, StoreError> {
+        self.write_part_as(
+            table,
+            &format!("part-{index:05}.parquet"),
+            batch,
+            write_atomic,
+        )
+    }
+
+    /// Writes one table's batch as the part file `name` with `write` (atomic, or
+    /// create-only for a shard's attempt) and returns its record.
+    pub(crate) fn write_part_as(
+        &self,
+        table: &str,
+        name: &str,
+        batch: &RecordBatch,
+        write: impl FnOnce(&Path, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<PartFile, StoreError> {
         let dir = if table.is_empty() {
             self.path.clone()
         } else {
             self.path.join(table)
         };
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let name = format!("part-{index:05}.parquet");
-        let path = dir.join(&name);
+        let path = dir.join(name);
         // Encoded in memory so that the hash is of exactly the bytes written.
         let bytes = encode_parquet(&path, batch)?;
-        write_atomic(&path, &bytes)?;
+        write(&path, &bytes)?;
+        let name = name.to_string();
         let file = if table.is_empty() {
             name
         } else {
@@ -594,11 +655,20 @@ pub struct RunLock {
     _file: File,
 }
 
+/// How a [`RunLock`] is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// A whole run or a commit: it may wipe, repair and rewrite manifests.
+    Exclusive,
+    /// A shard of a sharded node run: it writes only create-only files, so any number of
+    /// shards share the run directory, but no exclusive holder runs beside them.
+    Shared,
+}
+
 impl RunLock {
+    /// The exclusive lock, or [`StoreError::Locked`] at once if anyone holds the lock.
     pub fn acquire(run_dir: &Path) -> Result<Self, StoreError> {
-        fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
-        let path = run_dir.join(".lock");
-        let file = File::create(&path).map_err(io_err(&path))?;
+        let (file, path) = Self::open(run_dir)?;
         match file.try_lock() {
             Ok(()) => Ok(Self { _file: file }),
             Err(fs::TryLockError::WouldBlock) => {
@@ -606,6 +676,38 @@ impl RunLock {
             }
             Err(fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
         }
+    }
+
+    /// The lock in `mode`, waiting for conflicting holders to finish; `waiting` is called
+    /// once if it has to wait (to say so).
+    pub fn acquire_waiting(
+        run_dir: &Path,
+        mode: LockMode,
+        waiting: impl FnOnce(&Path),
+    ) -> Result<Self, StoreError> {
+        let (file, path) = Self::open(run_dir)?;
+        let tried = match mode {
+            LockMode::Exclusive => file.try_lock(),
+            LockMode::Shared => file.try_lock_shared(),
+        };
+        match tried {
+            Ok(()) => return Ok(Self { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => waiting(&path),
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+        }
+        let locked = match mode {
+            LockMode::Exclusive => file.lock(),
+            LockMode::Shared => file.lock_shared(),
+        };
+        locked.map_err(io_err(&path))?;
+        Ok(Self { _file: file })
+    }
+
+    fn open(run_dir: &Path) -> Result<(File, PathBuf), StoreError> {
+        fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
+        let path = run_dir.join(".lock");
+        let file = File::create(&path).map_err(io_err(&path))?;
+        Ok((file, path))
     }
 }
 

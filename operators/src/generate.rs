@@ -178,6 +178,11 @@ impl NodeKernel for GenerateKernel {
         self.fingerprint.clone()
     }
 
+    /// Every chunk is its prompts' rollouts, seeded per row.
+    fn shardable(&self) -> bool {
+        true
+    }
+
     fn required_columns(&self) -> Vec<(&'static str, Vec<String>)> {
         vec![("prompts", vec!["id".into(), "prompt".into()])]
     }

@@ -14,6 +14,7 @@ use std::path::Path;
 
 use super::{status_of, NodeStatus};
 use crate::integrity::check_node;
+use crate::markers;
 use crate::plan::{Binding, Plan};
 use crate::store::{Check, Damage, Manifest, NodeDir, StoreError};
 
@@ -42,7 +43,8 @@ pub(super) fn scan(
     let mut out = Vec::with_capacity(nodes.len());
     for &i in nodes {
         let dir = NodeDir::new(run_dir, plan.nodes[i].id());
-        let manifest = dir.read_manifest()?;
+        // With the chunks that shards of a sharded run have committed since.
+        let manifest = markers::node_view(&dir, Some(&fps[i]))?;
         let mut status = status_of(manifest.as_ref(), &fps[i]);
         if forced.contains(&i) && status != NodeStatus::Missing {
             status = NodeStatus::Stale;
@@ -173,7 +175,10 @@ pub(super) fn repair(
             }
         }
         m.drop_chunks(&chunks);
-        NodeDir::new(run_dir, id).write_manifest(&m)?;
+        let dir = NodeDir::new(run_dir, id);
+        // A dropped chunk's marker would add it back to the view.
+        markers::remove_markers(&dir, &m.fingerprint, &chunks)?;
+        dir.write_manifest(&m)?;
         scans[k].manifest = Some(m);
         scans[k].status = NodeStatus::Partial;
         let list: Vec<String> = chunks.iter().map(u64::to_string).collect();

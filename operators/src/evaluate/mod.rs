@@ -135,6 +135,12 @@ impl NodeKernel for EvaluateKernel {
         self.fingerprint.clone()
     }
 
+    /// Every chunk is its prompts' responses; the summary over all of them
+    /// runs once, after the loop (at the commit of a sharded run).
+    fn shardable(&self) -> bool {
+        true
+    }
+
     fn required_columns(&self) -> Vec<(&'static str, Vec<String>)> {
         let mut cols = vec!["id".to_string(), "prompt".into(), "answer".into()];
         if let Some(o) = &self.params.oracle {

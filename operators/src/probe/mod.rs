@@ -119,6 +119,11 @@ impl NodeKernel for ProbeKernel {
         self.fingerprint.clone()
     }
 
+    /// Every chunk is its rollouts' probes.
+    fn shardable(&self) -> bool {
+        true
+    }
+
     fn required_columns(&self) -> Vec<(&'static str, Vec<String>)> {
         vec![
             ("steps", vec!["step".into(), "text".into()]),

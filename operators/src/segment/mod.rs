@@ -299,6 +299,11 @@ impl NodeKernel for SegmentKernel {
         self.fingerprint.clone()
     }
 
+    /// Every chunk is its traces' steps.
+    fn shardable(&self) -> bool {
+        true
+    }
+
     fn external_files(&self) -> Vec<PathBuf> {
         self.tokenizer_path.iter().cloned().collect()
     }

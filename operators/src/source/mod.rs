@@ -326,6 +326,11 @@ impl NodeKernel for SourceKernel {
         self.fingerprint.clone()
     }
 
+    /// Every chunk is its input rows, prepared.
+    fn shardable(&self) -> bool {
+        true
+    }
+
     fn external_files(&self) -> Vec<PathBuf> {
         self.files.iter().map(|(f, _)| f.clone()).collect()
     }
