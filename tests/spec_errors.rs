@@ -293,6 +293,11 @@ fn a_model_without_a_source_is_reported_once() {
     let spec = "models:\n  base: {dtype: fp32}\nnodes:\n  src: {op: source, params: {path: data.jsonl}}\n  steps: {op: segment, inputs: {traces: src, model: base}, params: {column: prompt}}\n";
     let (code, err) = validate(spec, &[]);
     assert_eq!(code, 2, "{err}");
-    expect_error(&err, 2, 3, "model `base` needs `builtin` or `path`");
+    expect_error(
+        &err,
+        2,
+        3,
+        "model `base` needs `builtin`, `path` or `server`",
+    );
     assert!(err.contains("1 error found"), "{err}");
 }

@@ -18,6 +18,60 @@ pub enum ModelSource {
     Dir(PathBuf),
     /// A local GGUF file (a `models:` path ending in `.gguf`).
     Gguf(PathBuf),
+    /// An inference server (a `models:` entry with `server:`), with a local tokenizer.
+    Server(ServerSpec),
+}
+
+/// The protocol an inference server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerApi {
+    /// vLLM's OpenAI-compatible server (`/v1/completions` with `prompt_logprobs`).
+    Vllm,
+    /// SGLang's native `/generate`.
+    Sglang,
+    /// A plain OpenAI `/v1/completions` (generation only).
+    Openai,
+}
+
+impl ServerApi {
+    /// The names written in a spec's `api:`.
+    pub const NAMES: [&'static str; 3] = ["vllm", "sglang", "openai"];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "vllm" => Some(ServerApi::Vllm),
+            "sglang" => Some(ServerApi::Sglang),
+            "openai" => Some(ServerApi::Openai),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerApi::Vllm => "vllm",
+            ServerApi::Sglang => "sglang",
+            ServerApi::Openai => "openai",
+        }
+    }
+}
+
+/// A `server:` model entry: where the server is, what it serves, and the local tokenizer
+/// (and chat template) that renders and tokenises its inputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    /// `http://host:port`, without a trailing slash.
+    pub url: String,
+    pub api: ServerApi,
+    /// The served model's name (sent with every request, checked against the server's).
+    pub model: String,
+    /// A HF directory with `tokenizer.json`, or a GGUF file.
+    pub tokenizer: PathBuf,
+    /// Seconds one request may take before it is retried.
+    pub timeout_s: u64,
+    /// Retries of a request after a timeout, a connection error or a 5xx answer.
+    pub retries: u32,
+    /// Top log-probs asked for where a probe reads a next-token distribution.
+    pub top_logprobs: u32,
 }
 
 impl ModelSource {

@@ -37,7 +37,7 @@ pub mod sql;
 pub mod store;
 pub mod yaml;
 
-pub use binding::{Input, ModelRef, ModelSource};
+pub use binding::{Input, ModelRef, ModelSource, ServerApi, ServerSpec};
 pub use checkpoint::{CheckpointState, Checkpointed, Checkpoints, StepPlan};
 pub use diag::{Diagnostic, Diagnostics, Loc};
 pub use error::OpError;

@@ -45,6 +45,9 @@ pub struct Port {
     /// A model port whose node reads only the model's tokenizer (so only the tokenizer
     /// is checked before the run).
     pub tokenizer_only: bool,
+    /// A model port whose node needs the model's weights here (training): an inference
+    /// server cannot be bound to it.
+    pub local_weights: bool,
     pub doc: &'static str,
 }
 
@@ -56,6 +59,7 @@ impl Port {
             required: true,
             many: false,
             tokenizer_only: false,
+            local_weights: false,
             doc,
         }
     }
@@ -66,6 +70,7 @@ impl Port {
             required: true,
             many: false,
             tokenizer_only: false,
+            local_weights: false,
             doc,
         }
     }
@@ -76,6 +81,11 @@ impl Port {
     /// Accepts a list of inputs as well as a single one.
     pub const fn many(mut self) -> Self {
         self.many = true;
+        self
+    }
+    /// A model port of a node that needs the model's weights in this process.
+    pub const fn local_weights(mut self) -> Self {
+        self.local_weights = true;
         self
     }
     /// A model port of a node that reads only the model's tokenizer.

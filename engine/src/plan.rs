@@ -175,6 +175,20 @@ impl Plan {
                 })?;
                 json!({"gguf": id})
             }
+            // The served model's name (checked against the server's before its first
+            // request) and the tokenizer's content: never the url or the api, so a run
+            // moves between replicas.
+            ModelSource::Server(server) => {
+                let tokenizer =
+                    tokenizer_identity(hasher, &server.tokenizer).map_err(|source| {
+                        PlanError::Identity {
+                            node: name.to_string(),
+                            path: server.tokenizer.clone(),
+                            source,
+                        }
+                    })?;
+                json!({"server": {"model": server.model, "tokenizer": tokenizer}})
+            }
         };
         Ok(hash_bytes(
             canonical_json(&json!({"source": source, "options": entry.options})).as_bytes(),
@@ -317,6 +331,33 @@ fn find_cycle(deps: &[Vec<usize>], done: &[bool]) -> Vec<usize> {
         cur = next;
     }
 }
+
+/// Content identity of a server model's tokenizer: a GGUF file's hash, or the tokenizer
+/// files of a directory (its weights, if any, are not what the server runs from here).
+fn tokenizer_identity(hasher: &ContentHasher, path: &Path) -> std::io::Result<String> {
+    if ModelSource::is_gguf_path(path) {
+        return hasher.file(path);
+    }
+    let mut h = blake3::Hasher::new();
+    for name in TOKENIZER_FILES {
+        let file = path.join(name);
+        if file.is_file() {
+            h.update(name.as_bytes());
+            h.update(b"\0");
+            h.update(hasher.file(&file)?.as_bytes());
+        }
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
+/// The files of a HF directory that define how text becomes token ids and back.
+const TOKENIZER_FILES: [&str; 5] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+    "generation_config.json",
+];
 
 #[cfg(test)]
 mod tests {

@@ -12,6 +12,7 @@ use sspo_common::cpu_isa;
 use crate::binding::ModelSource;
 use crate::diag::{Diagnostic, Diagnostics, Loc};
 use crate::params::Params;
+use crate::server_spec;
 use crate::yaml::{self, Node, Value};
 
 pub const TOP_KEYS: &[&str] = &[
@@ -24,7 +25,7 @@ pub const TOP_KEYS: &[&str] = &[
     "nodes",
 ];
 pub const NODE_KEYS: &[&str] = &["op", "description", "inputs", "params"];
-pub const MODEL_KEYS: &[&str] = &["builtin", "path", "dtype", "description"];
+pub const MODEL_KEYS: &[&str] = &["builtin", "path", "server", "dtype", "description"];
 
 /// One `models:` entry.
 #[derive(Debug, Clone)]
@@ -32,7 +33,7 @@ pub struct ModelEntry {
     pub name: String,
     pub loc: Loc,
     pub source: ModelSource,
-    /// Where `path:` / `builtin:` is written.
+    /// Where `path:` / `builtin:` / `server:` is written.
     pub source_loc: Loc,
     /// Where its value is written: problems of the model itself point here.
     pub value_loc: Loc,
@@ -370,40 +371,54 @@ fn parse_models(
             continue;
         };
         check_keys(fields, MODEL_KEYS, &format!("model `{name}`"), diags);
-        let builtin = v.entry("builtin");
-        let path = v.entry("path");
-        let source = match (builtin, path) {
-            (Some((bk, b)), None) => expect_str(b, "`builtin`", diags)
-                .map(|s| (ModelSource::Builtin(s), bk.loc.clone(), b.loc.clone())),
-            (None, Some((pk, p))) => expect_str(p, "`path`", diags).map(|s| {
-                let path = resolve(base_dir, &s);
-                if let Some(problem) = model_path_problem(&path) {
-                    diags.push(Diagnostic::at(Some(p.loc.clone()), problem));
-                }
-                let source = if ModelSource::is_gguf_path(&path) {
-                    ModelSource::Gguf(path)
-                } else {
-                    ModelSource::Dir(path)
-                };
-                (source, pk.loc.clone(), p.loc.clone())
-            }),
-            (Some(_), Some((pk, _))) => {
-                diags.push(Diagnostic::at(
-                    Some(pk.loc.clone()),
-                    format!("model `{name}` has both `builtin` and `path`; give one"),
-                ));
-                None
-            }
-            (None, None) => {
+        let given: Vec<&(Node, Node)> = fields
+            .iter()
+            .filter(|(k, _)| matches!(k.as_str(), Some("builtin" | "path" | "server")))
+            .collect();
+        let source = match given.as_slice() {
+            [(sk, sv)] => match sk.as_str() {
+                Some("builtin") => expect_str(sv, "`builtin`", diags)
+                    .map(|s| (ModelSource::Builtin(s), sk.loc.clone(), sv.loc.clone())),
+                Some("path") => expect_str(sv, "`path`", diags).map(|s| {
+                    let path = resolve(base_dir, &s);
+                    if let Some(problem) = model_path_problem(&path) {
+                        diags.push(Diagnostic::at(Some(sv.loc.clone()), problem));
+                    }
+                    let source = if ModelSource::is_gguf_path(&path) {
+                        ModelSource::Gguf(path)
+                    } else {
+                        ModelSource::Dir(path)
+                    };
+                    (source, sk.loc.clone(), sv.loc.clone())
+                }),
+                _ => server_spec::parse_server(&name, sk, sv, base_dir, diags)
+                    .map(|s| (ModelSource::Server(s), sk.loc.clone(), sv.loc.clone())),
+            },
+            [] => {
                 diags.push(
                     Diagnostic::at(
                         Some(k.loc.clone()),
-                        format!("model `{name}` needs `builtin` or `path`"),
+                        format!("model `{name}` needs `builtin`, `path` or `server`"),
                     )
                     .with_help(
                         "e.g. {builtin: tiny-synth} or {path: /models/Qwen2.5-0.5B-Instruct}",
                     ),
                 );
+                None
+            }
+            [_, (second, _), ..] => {
+                let names: Vec<&str> = given.iter().filter_map(|(k, _)| k.as_str()).collect();
+                diags.push(Diagnostic::at(
+                    Some(second.loc.clone()),
+                    format!(
+                        "model `{name}` has {}; give one",
+                        names
+                            .iter()
+                            .map(|n| format!("`{n}`"))
+                            .collect::<Vec<_>>()
+                            .join(" and ")
+                    ),
+                ));
                 None
             }
         };
@@ -413,7 +428,12 @@ fn parse_models(
         };
         let options = fields
             .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), Some("builtin" | "path" | "description")))
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    Some("builtin" | "path" | "server" | "description")
+                )
+            })
             .filter_map(|(k, v)| Some((k.as_str()?.to_string(), v.to_json())))
             .collect();
         out.insert(
@@ -519,7 +539,12 @@ fn parse_node(k: &Node, v: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> {
     })
 }
 
-fn check_keys(entries: &[(Node, Node)], allowed: &[&str], what: &str, diags: &mut Diagnostics) {
+pub(crate) fn check_keys(
+    entries: &[(Node, Node)],
+    allowed: &[&str],
+    what: &str,
+    diags: &mut Diagnostics,
+) {
     let mut seen: Vec<&str> = Vec::new();
     for (k, _) in entries {
         let Some(key) = k.as_str() else {
@@ -548,7 +573,7 @@ fn check_keys(entries: &[(Node, Node)], allowed: &[&str], what: &str, diags: &mu
     }
 }
 
-fn expect_str(n: &Node, what: &str, diags: &mut Diagnostics) -> Option<String> {
+pub(crate) fn expect_str(n: &Node, what: &str, diags: &mut Diagnostics) -> Option<String> {
     match &n.value {
         Value::Str(s) => Some(s.clone()),
         Value::Int(i) => Some(i.to_string()),
@@ -611,7 +636,7 @@ fn model_path_problem(path: &Path) -> Option<String> {
     })
 }
 
-fn resolve(base: &Path, p: &str) -> PathBuf {
+pub(crate) fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = PathBuf::from(p);
     if p.is_absolute() {
         p

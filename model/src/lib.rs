@@ -29,6 +29,7 @@ mod rope;
 pub mod runtime;
 pub mod sampling;
 pub mod score;
+pub mod text;
 pub mod tokenizer;
 pub mod train;
 mod weights;
@@ -48,4 +49,5 @@ pub use runtime::{check_dtype_supported, parse_device, DType};
 pub use score::{
     continuation_logprobs, forward_logits, probe_logprobs, PackedProbes, ScoreRequest,
 };
+pub use text::ModelText;
 pub use tokenizer::{IncrementalDecoder, TextTokenizer};

@@ -78,6 +78,8 @@ pub struct GenerateParams {
     pub prompt_template: String,
     /// Requests decoded together (continuous batching slots).
     pub batch_size: usize,
+    /// Requests in flight at once to an inference server (ignored for local weights).
+    pub max_in_flight: usize,
     /// How the final answer is written in responses.
     pub answer_format: AnswerFormat,
     /// Prompt rows per committed chunk.
@@ -96,6 +98,7 @@ impl Default for GenerateParams {
             chat_template: false,
             prompt_template: "{prompt}".into(),
             batch_size: 16,
+            max_in_flight: 16,
             answer_format: AnswerFormat::Auto,
             chunk_rows: 8,
         }
@@ -115,6 +118,7 @@ impl GenerateParams {
             chat_template: self.chat_template,
             prompt_template: self.prompt_template.clone(),
             batch_size: self.batch_size,
+            max_in_flight: self.max_in_flight,
             answer_format: self.answer_format,
         }
     }
@@ -158,7 +162,7 @@ impl Operator for Generate {
         p.check(params).into_result()?;
         // `batch_size` only changes speed (per-request seeds), so it stays out of the
         // fingerprint.
-        let fingerprint = params.fingerprint_json(&p, &["batch_size"])?;
+        let fingerprint = params.fingerprint_json(&p, &["batch_size", "max_in_flight"])?;
         Ok(Arc::new(GenerateKernel {
             params: p,
             fingerprint,

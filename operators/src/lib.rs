@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use sspo_engine::Registry;
 
+pub mod backend;
 pub mod columns;
 pub mod evaluate;
 pub mod generate;
@@ -14,6 +15,7 @@ pub mod pair;
 pub mod probe;
 pub mod rollout;
 pub mod segment;
+pub mod server;
 pub mod source;
 pub mod step_tokens;
 pub mod tasks;

@@ -13,10 +13,12 @@ use std::str::FromStr;
 
 use serde_json::Value;
 use sspo_common::plural::agree;
-use sspo_engine::{Diagnostic, Diagnostics, ModelChecker, ModelEntry, ModelSource, ModelUse};
+use sspo_engine::{
+    Diagnostic, Diagnostics, ModelChecker, ModelEntry, ModelSource, ModelUse, ServerSpec,
+};
 use sspo_model::builtin::BUILTIN_NAMES;
 use sspo_model::check::Needs;
-use sspo_model::{DType, GgufError, ModelError};
+use sspo_model::{DType, GgufError, ModelError, ModelText};
 
 /// Checks HF directories, GGUF files and built-in names.
 pub struct DiskModels;
@@ -57,6 +59,7 @@ impl ModelChecker for DiskModels {
                 .into_iter()
                 .collect(),
             ModelSource::Dir(_) | ModelSource::Gguf(_) => Vec::new(),
+            ModelSource::Server(spec) => server_tokenizer_problems(spec, needs.chat_template),
         };
         for problem in problems {
             diags.push(diagnostic(model, &problem, &chat_users));
@@ -65,6 +68,33 @@ impl ModelChecker for DiskModels {
             diags.push(d);
         }
         diags
+    }
+}
+
+/// What reading a server model's tokenizer (and, when asked for, its chat template)
+/// would refuse. The spec already checked that the path is there.
+fn server_tokenizer_problems(spec: &ServerSpec, chat_template: bool) -> Vec<ModelError> {
+    let path = &spec.tokenizer;
+    let gguf = ModelSource::is_gguf_path(path);
+    if !(path.is_file() || path.join("tokenizer.json").is_file()) {
+        return Vec::new();
+    }
+    let text = if gguf {
+        ModelText::from_gguf(path)
+    } else {
+        ModelText::from_dir(path)
+    };
+    match text {
+        Err(e) => vec![e],
+        Ok(t) if chat_template && t.chat_template.is_none() => vec![ModelError::NoChatTemplate {
+            path: path.clone(),
+            looked_in: if gguf {
+                "no tokenizer.chat_template metadata"
+            } else {
+                "neither chat_template.jinja nor a \"chat_template\" in tokenizer_config.json"
+            },
+        }],
+        Ok(_) => Vec::new(),
     }
 }
 

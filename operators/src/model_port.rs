@@ -25,8 +25,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{json, Value};
 use sspo_engine::{CpuSpec, ModelRef, ModelSource, OpError, RunContext};
-use sspo_model::{parse_device, CpuSettings, DType, LoadOptions, Model, ModelError, TextTokenizer};
+use sspo_model::{
+    parse_device, CpuSettings, DType, LoadOptions, Model, ModelError, ModelText, TextTokenizer,
+};
 use tch::Device;
+
+use crate::backend::TextView;
 
 /// Applies a pipeline's `cpu:` settings (thread count, pinned instruction set) to this
 /// process. It must run before any model work: libtorch reads the instruction set once,
@@ -50,6 +54,10 @@ pub fn load_model(model: &ModelRef, device: &str) -> Result<Model, OpError> {
         ModelSource::Dir(dir) => load_dir(model, dir, &opts),
         ModelSource::Gguf(file) => load_gguf(model, file, &opts),
         ModelSource::Builtin(name) => load_builtin(model, name, &opts),
+        ModelSource::Server(spec) => Err(OpError::msg(format!(
+            "model `{}` is an inference server ({}): this node needs local weights",
+            model.name, spec.url
+        ))),
     }
 }
 
@@ -130,7 +138,7 @@ fn choose_dtype(model: &ModelRef, dev: Device) -> Result<DType, OpError> {
     }
     match &model.source {
         ModelSource::Dir(dir) => Ok(config_dtype(&dir.join("config.json")).unwrap_or(DType::F32)),
-        ModelSource::Builtin(_) | ModelSource::Gguf(_) => Ok(DType::F32),
+        ModelSource::Builtin(_) | ModelSource::Gguf(_) | ModelSource::Server(_) => Ok(DType::F32),
     }
 }
 
@@ -206,6 +214,20 @@ pub fn load_tokenizer(model: &ModelRef) -> Result<TextTokenizer, OpError> {
         }
         ModelSource::Gguf(file) => TextTokenizer::from_gguf(file)
             .map_err(|e| OpError::context(format!("model `{}`", model.name), e)),
+        ModelSource::Server(spec) => {
+            let path = &spec.tokenizer;
+            let text = if ModelSource::is_gguf_path(path) {
+                ModelText::from_gguf(path)
+            } else {
+                ModelText::from_dir(path)
+            };
+            text.map(|t| t.tokenizer).map_err(|e| {
+                OpError::context(
+                    format!("model `{}` (tokenizer {})", model.name, path.display()),
+                    e,
+                )
+            })
+        }
     }
 }
 
@@ -327,22 +349,40 @@ pub fn render_context(
     prompt_template: &str,
     chat_template: bool,
 ) -> Result<String, ModelError> {
+    render_text_context(
+        &TextView::of_model(model),
+        prompt,
+        prompt_template,
+        chat_template,
+    )
+}
+
+/// [`render_context`] for any model's text side (local weights or a server).
+pub fn render_text_context(
+    model: &TextView<'_>,
+    prompt: &str,
+    prompt_template: &str,
+    chat_template: bool,
+) -> Result<String, ModelError> {
     let text = prompt_template.replace("{prompt}", prompt);
     if chat_template {
         let messages = json!([{"role": "user", "content": text}]);
-        return model.apply_chat_template(&messages, true);
+        return model
+            .chat_template
+            .ok_or_else(|| ModelError::ChatTemplate("the model has no chat template".into()))?
+            .render(&messages, true, None);
     }
-    match bos_prefix(model) {
+    match bos_prefix(model.tokenizer) {
         Some(bos) if !text.starts_with(&bos) => Ok(format!("{bos}{text}")),
         _ => Ok(text),
     }
 }
 
 /// The BOS token text when the tokenizer adds one on its own.
-fn bos_prefix(model: &Model) -> Option<String> {
-    let bos_text = model.tokenizer.special_token("bos_token")?;
-    let bos = model.tokenizer.token_to_id(&bos_text)?;
-    let with = model.tokenizer.encode("a", true).ok()?;
+fn bos_prefix(tokenizer: &TextTokenizer) -> Option<String> {
+    let bos_text = tokenizer.special_token("bos_token")?;
+    let bos = tokenizer.token_to_id(&bos_text)?;
+    let with = tokenizer.encode("a", true).ok()?;
     (with.first() == Some(&bos)).then_some(bos_text)
 }
 

@@ -17,12 +17,12 @@ use std::time::Instant;
 use arrow::array::{RecordBatch, StringArray};
 use sspo_engine::{Diagnostics, ModelRef, OpError, Params, RunContext};
 use sspo_model::{
-    FinishReason, GenerationOutput, GenerationRequest, Generator, GeneratorConfig, Model,
-    SamplingParams,
+    FinishReason, GenerationOutput, GenerationRequest, Generator, GeneratorConfig, SamplingParams,
 };
 
+use crate::backend::{Backend, TextView};
 use crate::columns::{cell, utf8_column};
-use crate::model_port::{encode_context, load_inference_model, render_context};
+use crate::model_port::render_text_context;
 use crate::tasks::AnswerFormat;
 
 /// How responses are generated for a prompt: the generation keys of `generate` and
@@ -50,6 +50,8 @@ pub struct RolloutSpec {
     pub prompt_template: String,
     /// Requests decoded together (continuous batching slots).
     pub batch_size: usize,
+    /// Requests in flight at once to an inference server (ignored for local weights).
+    pub max_in_flight: usize,
     /// How the final answer is written in responses (and read from the reference).
     pub answer_format: AnswerFormat,
 }
@@ -78,6 +80,9 @@ impl RolloutSpec {
         if self.batch_size == 0 {
             d.push(params.error(&["batch_size"], "`batch_size` must be at least 1"));
         }
+        if self.max_in_flight == 0 {
+            d.push(params.error(&["max_in_flight"], "`max_in_flight` must be at least 1"));
+        }
         d
     }
 
@@ -104,15 +109,17 @@ pub fn check_prompt_template(template: &str, params: &Params, d: &mut Diagnostic
     }
 }
 
-/// Loads the model of a port for generation and checks that `max_new_tokens` leaves
-/// room for a prompt.
+/// Loads (or connects to) the model of a port for generation and checks that
+/// `max_new_tokens` leaves room for a prompt.
 pub fn load_checked(
     model_ref: &ModelRef,
     device: &str,
     max_new_tokens: usize,
-) -> Result<Model, OpError> {
-    let m = load_inference_model(model_ref, device)?;
-    let max_pos = m.decoder.config().max_position_embeddings as usize;
+) -> Result<Backend, OpError> {
+    let m = Backend::load(model_ref, device)?;
+    let Some(max_pos) = m.text().context_length else {
+        return Ok(m);
+    };
     if max_new_tokens >= max_pos {
         return Err(OpError::msg(format!(
             "max_new_tokens = {max_new_tokens} leaves no room for a prompt: model `{}` has a context of {max_pos} tokens",
@@ -253,15 +260,16 @@ pub struct Prepared<'a> {
 /// of the model's context, or (with `require_answer`) without a reference answer;
 /// `seed_of(id, sample)` gives each request's seed.
 pub fn prepare<'a>(
-    model: &Model,
+    model: &TextView<'_>,
     spec: &RolloutSpec,
     input: &'a PromptColumns,
     range: Range<usize>,
     require_answer: bool,
     seed_of: impl Fn(&str, i32) -> u64,
 ) -> Result<Prepared<'a>, OpError> {
-    let max_pos = model.decoder.config().max_position_embeddings as usize;
-    let max_prompt = max_pos.saturating_sub(spec.max_new_tokens);
+    let max_prompt = model.context_length.map_or(usize::MAX, |max_pos| {
+        max_pos.saturating_sub(spec.max_new_tokens)
+    });
     let mut out = Prepared {
         rows: Vec::new(),
         requests: Vec::new(),
@@ -286,9 +294,11 @@ pub fn prepare<'a>(
             out.skipped.missing_answers += 1;
             continue;
         }
-        let context = render_context(model, prompt, &spec.prompt_template, spec.chat_template)
+        let context = render_text_context(model, prompt, &spec.prompt_template, spec.chat_template)
             .map_err(|e| OpError::context(format!("prompt `{id}`"), e))?;
-        let ids = encode_context(model, &context)
+        let ids = model
+            .tokenizer
+            .encode(&context, false)
             .map_err(|e| OpError::context(format!("prompt `{id}`"), e))?;
         if ids.is_empty() {
             out.skipped.empty_prompts += 1;
@@ -339,11 +349,12 @@ impl Generated<'_> {
 }
 
 /// Generates `spec.samples` responses for every usable prompt row of `range` with
-/// `model` (continuous batching, `spec.batch_size` slots), each request seeded by
+/// `model` (local weights: continuous batching, `spec.batch_size` slots; a server: one
+/// request per response, `spec.max_in_flight` at a time), each request seeded by
 /// `row_seed(id, sample)`; skipped rows are counted in the result (see [`prepare`]).
 pub fn generate_rows<'a>(
     ctx: &RunContext,
-    model: &Model,
+    model: &Backend,
     spec: &RolloutSpec,
     input: &'a PromptColumns,
     range: Range<usize>,
@@ -355,26 +366,45 @@ pub fn generate_rows<'a>(
         requests,
         owners,
         skipped,
-    } = prepare(model, spec, input, range, require_answer, |id, sample| {
-        ctx.row_seed(&[id.as_bytes(), &sample.to_le_bytes()])
-    })?;
-    let gen = Generator::new(
-        &model.decoder,
-        &model.tokenizer,
-        GeneratorConfig {
-            max_batch: spec.batch_size,
-            eos_token_ids: model.eos_token_ids(),
-        },
-    );
+    } = prepare(
+        &model.text(),
+        spec,
+        input,
+        range,
+        require_answer,
+        |id, sample| ctx.row_seed(&[id.as_bytes(), &sample.to_le_bytes()]),
+    )?;
     let progress = ctx.progress();
     let mut outputs: Vec<Option<GenerationOutput>> = vec![None; requests.len()];
-    gen.generate_with(&requests, |i, out| {
-        stats.rollouts += 1;
-        stats.tokens += out.n_tokens as u64;
-        progress.set_extra(&stats.extra());
-        outputs[i] = Some(out);
-    })
-    .map_err(|e| OpError::context("generation failed", e))?;
+    match model {
+        Backend::Local(model) => {
+            let gen = Generator::new(
+                &model.decoder,
+                &model.tokenizer,
+                GeneratorConfig {
+                    max_batch: spec.batch_size,
+                    eos_token_ids: model.eos_token_ids(),
+                },
+            );
+            gen.generate_with(&requests, |i, out| {
+                stats.rollouts += 1;
+                stats.tokens += out.n_tokens as u64;
+                progress.set_extra(&stats.extra());
+                outputs[i] = Some(out);
+            })
+            .map_err(|e| OpError::context("generation failed", e))?;
+        }
+        Backend::Server(server) => {
+            let done = server
+                .generate(&requests, spec.max_in_flight, |_, out| {
+                    stats.rollouts += 1;
+                    stats.tokens += out.n_tokens as u64;
+                    progress.set_extra(&server.rates());
+                })
+                .map_err(|e| OpError::context("generation failed", e))?;
+            outputs = done.into_iter().map(Some).collect();
+        }
+    }
     let outputs = owners
         .into_iter()
         .zip(outputs)
@@ -415,6 +445,7 @@ mod tests {
     use super::*;
     use crate::model_port::load_model;
     use sspo_engine::ModelSource;
+    use sspo_model::Model;
 
     fn tiny() -> Model {
         let r = ModelRef {
@@ -438,6 +469,7 @@ mod tests {
             chat_template: false,
             prompt_template: "{prompt}".into(),
             batch_size: 16,
+            max_in_flight: 16,
             answer_format: AnswerFormat::Auto,
         }
     }
@@ -468,9 +500,14 @@ mod tests {
             max_new_tokens: 16,
             ..defaults()
         };
-        let prep = prepare(&model, &p, &input, 0..5, false, |id, s| {
-            id.len() as u64 * 10 + s as u64
-        })
+        let prep = prepare(
+            &TextView::of_model(&model),
+            &p,
+            &input,
+            0..5,
+            false,
+            |id, s| id.len() as u64 * 10 + s as u64,
+        )
         .unwrap();
         assert_eq!(prep.rows.len(), 1);
         assert_eq!(prep.rows[0].answer.as_deref(), Some("5"));
@@ -492,7 +529,15 @@ mod tests {
             prompt: StringArray::from(vec!["1+1?", "2+2?", "3+3?"]),
             answer: Some(StringArray::from(vec![Some("2"), Some("  "), None])),
         };
-        let prep = prepare(&model, &p, &input, 0..3, true, |_, _| 0).unwrap();
+        let prep = prepare(
+            &TextView::of_model(&model),
+            &p,
+            &input,
+            0..3,
+            true,
+            |_, _| 0,
+        )
+        .unwrap();
         assert_eq!(prep.rows.len(), 1);
         assert_eq!(prep.skipped.missing_answers, 2);
     }
@@ -511,7 +556,15 @@ mod tests {
             chat_template: true,
             ..defaults()
         };
-        let prep = prepare(&model, &p, &input, 0..1, false, |_, _| 0).unwrap();
+        let prep = prepare(
+            &TextView::of_model(&model),
+            &p,
+            &input,
+            0..1,
+            false,
+            |_, _| 0,
+        )
+        .unwrap();
         assert_eq!(
             prep.rows[0].context,
             "<|im_start|>user\nQ: 2+3?\nA:<|im_end|>\n<|im_start|>assistant\n"

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::binding::binding_key;
+use crate::binding::{binding_key, ModelSource};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::operator::{Columns, ConfigureContext, ModelUse, Operator, Port, PortKind, Registry};
 use crate::spec::{InputSpec, NodeSpec, Pipeline};
@@ -326,6 +326,7 @@ pub(super) fn check_models(
     bindings: &[BTreeMap<String, Binding>],
     diags: &mut Diagnostics,
 ) {
+    check_local_weights(pipeline, configured, diags);
     let Some(checker) = registry.model_checker() else {
         return;
     };
@@ -354,6 +355,42 @@ pub(super) fn check_models(
             }
         }
         diags.extend(checker.check(entry, &uses));
+    }
+}
+
+/// A server model bound to a port that needs local weights (`train`'s), located at the
+/// input that names it.
+fn check_local_weights(
+    pipeline: &Pipeline,
+    configured: &[Option<Configured>],
+    diags: &mut Diagnostics,
+) {
+    for (spec, configured) in pipeline.nodes.iter().zip(configured) {
+        let Some((op, _)) = configured else {
+            continue;
+        };
+        for input in &spec.inputs {
+            let needs_weights = op
+                .ports()
+                .iter()
+                .any(|p| p.name == input.port && p.local_weights);
+            let served = pipeline
+                .models
+                .get(&input.target)
+                .is_some_and(|m| matches!(m.source, ModelSource::Server(_)));
+            if needs_weights && served {
+                diags.push(
+                    Diagnostic::at(
+                        Some(input.target_loc.clone()),
+                        format!(
+                            "node `{}` (op `{}`) needs local weights on `{}`, but model `{}` is an inference server",
+                            spec.id, spec.op, input.port, input.target
+                        ),
+                    )
+                    .with_help("give it a `models:` entry with `path:` (the same weights as a HF directory or GGUF file)"),
+                );
+            }
+        }
     }
 }
 

@@ -66,6 +66,31 @@ impl TextTokenizer {
     }
 }
 
+/// The text side of a GGUF file ([`crate::ModelText::from_gguf`]): tokenizer, chat
+/// template, the eos ids [`Model::load_gguf`] stops on, and the context length.
+pub(crate) fn text_side(path: &Path) -> Result<crate::ModelText> {
+    let file = GgufFile::open(path)?;
+    let Described {
+        vocab,
+        cfg,
+        chat_template,
+        ..
+    } = describe(&file).map_err(|e| e.at(path))?;
+    Ok(crate::ModelText {
+        eos_token_ids: stop_ids(&vocab),
+        tokenizer: vocab.tokenizer,
+        chat_template,
+        context_length: Some(cfg.max_position_embeddings as usize),
+    })
+}
+
+/// Generation stops at EOS and, for chat models that have one, at the end-of-turn token.
+fn stop_ids(vocab: &tokenizer::Vocabulary) -> Vec<i64> {
+    let mut ids: Vec<i64> = vocab.eos.into_iter().collect();
+    ids.extend(vocab.eot.filter(|t| !ids.contains(t)));
+    ids
+}
+
 /// What a GGUF file describes, read from its metadata: no tensor data is touched.
 struct Described {
     arch: Arch,
@@ -127,11 +152,8 @@ fn load(file: &GgufFile, opts: &LoadOptions) -> GgufResult<Model> {
         params.iter().map(|(k, t)| (k.clone(), t.size())).collect();
     let loads = tensors::plan(file, arch, &cfg, &shapes)?;
     tensors::fill(file, &loads, &params)?;
-    // Generation stops at EOS and, for chat models that have one, at the end-of-turn token.
-    let mut eos_token_ids: Vec<i64> = vocab.eos.into_iter().collect();
-    eos_token_ids.extend(vocab.eot.filter(|t| !eos_token_ids.contains(t)));
     let generation = GenerationDefaults {
-        eos_token_ids,
+        eos_token_ids: stop_ids(&vocab),
         bos_token_id: vocab.bos,
         pad_token_id: vocab.pad,
         raw: json!({}),

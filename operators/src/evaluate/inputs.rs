@@ -3,7 +3,7 @@
 
 use arrow::array::{Array, RecordBatch, StringArray};
 use sspo_engine::OpError;
-use sspo_model::Model;
+use sspo_model::TextTokenizer;
 
 use crate::columns::{cell, utf8_column};
 
@@ -65,7 +65,7 @@ pub(super) fn oracle_column(
 /// Tokens of a row's oracle text under `model`'s tokenizer, plus one for the token that
 /// ends a response (as `n_tokens` counts the eos token); `None` when the row has none.
 pub(super) fn oracle_length(
-    model: &Model,
+    tokenizer: &TextTokenizer,
     oracle: Option<&StringArray>,
     row: usize,
 ) -> Option<i32> {
@@ -73,7 +73,7 @@ pub(super) fn oracle_length(
     if text.trim().is_empty() {
         return None;
     }
-    let n = model.tokenizer.encode(text, false).ok()?.len() + 1;
+    let n = tokenizer.encode(text, false).ok()?.len() + 1;
     Some(i32::try_from(n).unwrap_or(i32::MAX))
 }
 

@@ -122,7 +122,7 @@ impl EvaluateKernel {
     pub fn new(params: &Params, typed: EvaluateParams) -> Result<Self, Diagnostics> {
         // `batch_size` only changes speed (per-request seeds), so it stays out of the
         // fingerprint.
-        let fingerprint = params.fingerprint_json(&typed, &["batch_size"])?;
+        let fingerprint = params.fingerprint_json(&typed, &["batch_size", "max_in_flight"])?;
         Ok(EvaluateKernel {
             params: typed,
             fingerprint,
@@ -197,9 +197,9 @@ impl NodeKernel for EvaluateKernel {
             let mut b = EvalBuilder::with_capacity(gen.outputs.len());
             for (r, sample, seed, out) in &gen.outputs {
                 let row = &gen.rows[*r];
-                let oracle = *oracle_tokens
-                    .entry(row.index)
-                    .or_insert_with(|| oracle_length(model, oracle_col.as_ref(), row.index));
+                let oracle = *oracle_tokens.entry(row.index).or_insert_with(|| {
+                    oracle_length(model.text().tokenizer, oracle_col.as_ref(), row.index)
+                });
                 let (pred, correct) = judge(&p.answer_format, &out.text, row.answer.as_deref());
                 b.model.append_value(&model_ref.name);
                 b.id.append_value(row.id);

@@ -29,6 +29,8 @@ pub struct EvaluateParams {
     pub stop: Vec<String>,
     /// Requests decoded together (continuous batching slots).
     pub batch_size: usize,
+    /// Requests in flight at once to an inference server (ignored for local weights).
+    pub max_in_flight: usize,
     /// Text around the prompt, with a `{prompt}` placeholder.
     pub prompt_template: String,
     /// Wrap the prompt in the model's chat template.
@@ -59,6 +61,7 @@ impl Default for EvaluateParams {
             max_new_tokens: 256,
             stop: Vec::new(),
             batch_size: 16,
+            max_in_flight: 16,
             prompt_template: "{prompt}".into(),
             chat_template: false,
             answer_format: AnswerFormat::Auto,
@@ -83,6 +86,7 @@ impl EvaluateParams {
             chat_template: self.chat_template,
             prompt_template: self.prompt_template.clone(),
             batch_size: self.batch_size,
+            max_in_flight: self.max_in_flight,
             answer_format: self.answer_format,
         }
     }

@@ -31,6 +31,7 @@ mod naive;
 mod output;
 mod params;
 mod passes;
+mod served;
 mod setup;
 mod trace;
 
@@ -39,18 +40,17 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::backend::Backend;
+use crate::columns::{cell, key_column};
+use crate::model_port::{render_text_context, LazyModel};
+use crate::rollout::reference_answer;
+pub use crate::step_tokens::{trace_tokens, TraceTokens};
 use arrow::array::RecordBatch;
 use serde_json::json;
 use sspo_engine::{
     Columns, ConfigureContext, Diagnostics, ModelRef, NodeKernel, OpError, Operator, Params, Port,
     RunContext,
 };
-use sspo_model::Model;
-
-use crate::columns::{cell, key_column};
-use crate::model_port::{encode_context, load_inference_model, render_context, LazyModel};
-use crate::rollout::reference_answer;
-pub use crate::step_tokens::{trace_tokens, TraceTokens};
 
 pub use early::{cut_early_answer, early_is_correct};
 use inputs::{RolloutColumns, StepIndex};
@@ -58,6 +58,7 @@ use output::ProbeBuilder;
 pub use output::{probe_columns, KIND_VALUE_COLUMNS, PROBE_COLUMNS};
 pub use params::{ProbeKind, ProbeKinds, ProbeParams, DEFAULT_QUESTION, DEFAULT_TRIGGER};
 pub use passes::Packing;
+pub use served::{probe_traces_served, ProbeFailure};
 pub use setup::{answer_continuation, ProbeSetup};
 pub use trace::{probe_trace, probe_traces, BoundaryProbe, TraceInput};
 
@@ -98,8 +99,9 @@ impl Operator for Probe {
     ) -> Result<Arc<dyn NodeKernel>, Diagnostics> {
         let p: ProbeParams = params.parse()?;
         p.check(params).into_result()?;
-        // `max_batch_tokens` changes how the work is split, not the values.
-        let fingerprint = params.fingerprint_json(&p, &["max_batch_tokens"])?;
+        // `max_batch_tokens` and `max_in_flight` change how the work is split, not the
+        // values.
+        let fingerprint = params.fingerprint_json(&p, &["max_batch_tokens", "max_in_flight"])?;
         Ok(Arc::new(ProbeKernel {
             params: p,
             fingerprint,
@@ -149,8 +151,13 @@ impl NodeKernel for ProbeKernel {
         let orphans = steps_by_key.orphans(&input);
         let model_ref = ctx.input_model("model")?.clone();
         let mut loaded = LazyModel::new(ctx.device(), |model: &ModelRef, device: &str| {
-            let m = load_inference_model(model, device)?;
-            let setup = ProbeSetup::new(&m, &self.params)
+            let m = Backend::load(model, device)?;
+            if let Backend::Server(server) = &m {
+                server
+                    .can_probe()
+                    .map_err(|e| OpError::context(format!("model `{}`", model.name), e))?;
+            }
+            let setup = ProbeSetup::for_text(&m.text(), &self.params)
                 .map_err(|e| OpError::context(format!("model `{}`", model.name), e))?;
             Ok((m, setup))
         });
@@ -182,7 +189,11 @@ impl NodeKernel for ProbeKernel {
             );
             stats.traces += out.traces;
             stats.probes += out.batch.num_rows() as u64;
-            ctx.progress().set_extra(&stats.extra());
+            let mut extra = stats.extra();
+            if let Backend::Server(server) = model {
+                extra = format!("{extra}, {}", server.rates());
+            }
+            ctx.progress().set_extra(&extra);
             Ok(out.batch.into())
         })?;
         if stats.traces > 0 {
@@ -247,7 +258,7 @@ struct ProbeChunk {
 impl ProbeKernel {
     fn probe_chunk(
         &self,
-        model: &Model,
+        model: &Backend,
         setup: &ProbeSetup,
         input: &RolloutColumns,
         steps: &StepIndex,
@@ -255,7 +266,8 @@ impl ProbeKernel {
         range: Range<usize>,
     ) -> Result<ProbeChunk, OpError> {
         let p = &self.params;
-        let max_pos = model.decoder.config().max_position_embeddings as usize;
+        let text = model.text();
+        let max_pos = text.context_length.unwrap_or(usize::MAX);
         let mut b = ProbeBuilder::new(&p.kind);
         let (mut too_long, mut missing_keys, mut empty_contexts) = (0, 0, 0);
         let mut prepared: Vec<Prepared<'_>> = Vec::new();
@@ -268,13 +280,13 @@ impl ProbeKernel {
                 Some(c) => c.to_string(),
                 None => {
                     let prompt = cell(&input.prompt, i).unwrap_or("");
-                    render_context(model, prompt, &p.prompt_template, p.chat_template)
+                    render_text_context(&text, prompt, &p.prompt_template, p.chat_template)
                         .map_err(|e| OpError::context(format!("rollout `{k}`"), e))?
                 }
             };
             let step_rows = steps.get(k);
             let texts: Vec<&str> = step_rows.iter().map(|s| s.1.as_str()).collect();
-            let tt = trace_tokens(&model.tokenizer, &context, &texts)
+            let tt = trace_tokens(text.tokenizer, &context, &texts)
                 .map_err(|e| OpError::context(format!("rollout `{k}`"), e))?;
             if tt.context_len == 0 {
                 empty_contexts += 1;
@@ -286,7 +298,8 @@ impl ProbeKernel {
             );
             let answer_ids = match &reference {
                 Some(a) if setup.has(ProbeKind::Answer) => Some(
-                    encode_context(model, &answer_continuation(&p.trigger, a))
+                    text.tokenizer
+                        .encode(&answer_continuation(&p.trigger, a), false)
                         .map_err(|e| OpError::context(format!("rollout `{k}`"), e))?,
                 ),
                 _ => None,
@@ -314,28 +327,31 @@ impl ProbeKernel {
         let packing = Packing::Cached {
             max_batch_tokens: p.max_batch_tokens,
         };
-        let probed = probe_traces(model, setup, &inputs, packing).map_err(|e| {
+        let failed = || {
             let (first, last) = match (prepared.first(), prepared.last()) {
                 (Some(a), Some(b)) => (a.key, b.key),
                 _ => ("", ""),
             };
-            OpError::context(format!("probing rollouts `{first}` to `{last}` failed"), e)
-        })?;
+            format!("probing rollouts `{first}` to `{last}` failed")
+        };
+        let probed = match model {
+            Backend::Local(m) => {
+                probe_traces(m, setup, &inputs, packing).map_err(|e| OpError::context(failed(), e))
+            }
+            Backend::Server(server) => {
+                probe_traces_served(server, text.tokenizer, setup, &inputs, p.max_in_flight)
+                    .map_err(|e| OpError::context(failed(), e))
+            }
+        }?;
         let traces = prepared.len() as u64;
         for (t, probes) in prepared.iter().zip(&probed) {
             let k = t.key;
             for (step, probe) in probes.iter().enumerate() {
                 let early = (setup.early_tokens > 0)
                     .then(|| -> Result<String, OpError> {
-                        let text = model
-                            .tokenizer
-                            .decode(&probe.early_ids, true)
-                            .map_err(|e| {
-                                OpError::context(
-                                    format!("rollout `{k}`: decoding the early answer"),
-                                    e,
-                                )
-                            })?;
+                        let text = text.tokenizer.decode(&probe.early_ids, true).map_err(|e| {
+                            OpError::context(format!("rollout `{k}`: decoding the early answer"), e)
+                        })?;
                         Ok(cut_early_answer(&text).0)
                     })
                     .transpose()?;

@@ -58,6 +58,8 @@ pub struct ProbeParams {
     /// probe's memory. A trace that needs more is probed alone.
     #[serde(alias = "max_packed_tokens")]
     pub max_batch_tokens: usize,
+    /// Requests in flight at once to an inference server (ignored for local weights).
+    pub max_in_flight: usize,
 }
 
 impl Default for ProbeParams {
@@ -74,6 +76,7 @@ impl Default for ProbeParams {
             chat_template: false,
             chunk_rows: 16,
             max_batch_tokens: 8192,
+            max_in_flight: 16,
         }
     }
 }
@@ -96,6 +99,9 @@ impl ProbeParams {
         check_prompt_template(&self.prompt_template, params, &mut d);
         if self.chunk_rows == 0 {
             d.push(params.error(&["chunk_rows"], "`chunk_rows` must be at least 1"));
+        }
+        if self.max_in_flight == 0 {
+            d.push(params.error(&["max_in_flight"], "`max_in_flight` must be at least 1"));
         }
         if self.max_batch_tokens == 0 {
             d.push(params.error(

@@ -3,6 +3,8 @@
 use sspo_engine::OpError;
 use sspo_model::Model;
 
+use crate::backend::TextView;
+
 use super::params::{ProbeKind, ProbeKinds, ProbeParams};
 
 /// The token-level probe configuration.
@@ -24,7 +26,12 @@ impl ProbeSetup {
     /// Tokenises the suffixes and the yes / no forms with `model`'s tokenizer. A verbal
     /// probe without a single-token yes or no form is an error.
     pub fn new(model: &Model, p: &ProbeParams) -> Result<Self, OpError> {
-        let tok = &model.tokenizer;
+        Self::for_text(&TextView::of_model(model), p)
+    }
+
+    /// [`ProbeSetup::new`] for any model's text side (local weights or a server).
+    pub fn for_text(model: &TextView<'_>, p: &ProbeParams) -> Result<Self, OpError> {
+        let tok = model.tokenizer;
         let enc = |s: &str| {
             tok.encode(s, false)
                 .map_err(|e| OpError::context(format!("encoding {s:?}"), e))
@@ -64,7 +71,7 @@ impl ProbeSetup {
             yes,
             no,
             early_tokens: if answer { p.early_answer_tokens } else { 0 },
-            eos: model.eos_token_ids(),
+            eos: model.eos_token_ids.clone(),
         })
     }
 

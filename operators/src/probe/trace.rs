@@ -1,7 +1,8 @@
 //! Probing every boundary of a batch of traces: the values, then the greedy early
 //! answers one token per pass, over either kind of [`Passes`].
 
-use sspo_model::{profile, Model, ModelError};
+use sspo_model::{profile, Model, ModelError, TextTokenizer};
+use tch::Device;
 
 use super::cached::CachedPasses;
 use super::early::cut_early_answer;
@@ -101,7 +102,14 @@ pub fn probe_traces(
     tch::no_grad(|| match packing {
         Packing::Naive => {
             let ids = traces.iter().map(|t| t.ids).collect();
-            probe_batch(model, setup, traces, &mut NaivePasses::new(model, ids))
+            let mut passes = NaivePasses::new(model, ids);
+            probe_batch(
+                &model.tokenizer,
+                model.decoder.device(),
+                setup,
+                traces,
+                &mut passes,
+            )
         }
         Packing::Cached { max_batch_tokens } => {
             let mut out = vec![Vec::new(); traces.len()];
@@ -109,7 +117,8 @@ pub fn probe_traces(
                 let batch: Vec<TraceInput<'_>> = group.iter().map(|&i| traces[i]).collect();
                 let ids = batch.iter().map(|t| t.ids).collect();
                 let mut passes = CachedPasses::new(model, ids, setup.early_tokens);
-                let probes = probe_batch(model, setup, &batch, &mut passes)?;
+                let device = model.decoder.device();
+                let probes = probe_batch(&model.tokenizer, device, setup, &batch, &mut passes)?;
                 for (i, p) in group.into_iter().zip(probes) {
                     out[i] = p;
                 }
@@ -262,14 +271,14 @@ fn take_reads(
 }
 
 /// Probes one batch of traces: the values and first early tokens in one pass, then the
-/// early answers one greedy token per pass.
-fn probe_batch(
-    model: &Model,
+/// early answers one greedy token per pass (`device`: where the passes run, for profiling).
+pub(super) fn probe_batch(
+    tokenizer: &TextTokenizer,
+    device: Device,
     setup: &ProbeSetup,
     traces: &[TraceInput<'_>],
     passes: &mut dyn Passes,
 ) -> Result<Vec<Vec<BoundaryProbe>>, ModelError> {
-    let device = model.decoder.device();
     let (blocks, roles): (Vec<Vec<Block>>, Vec<Vec<Role>>) =
         traces.iter().map(|t| trace_blocks(setup, t)).unzip();
     let results = {
@@ -289,7 +298,7 @@ fn probe_batch(
             };
             if !setup.eos.contains(&g) {
                 probe.early_ids.push(g);
-                if !early_done(model, &probe.early_ids, setup.early_tokens)? {
+                if !early_done(tokenizer, &probe.early_ids, setup.early_tokens)? {
                     open.push((t, k));
                 }
             }
@@ -319,7 +328,7 @@ fn probe_batch(
             }
             let ids = &mut out[t][early(t, k)].early_ids;
             ids.push(g);
-            if !early_done(model, ids, setup.early_tokens)? {
+            if !early_done(tokenizer, ids, setup.early_tokens)? {
                 still.push((t, k));
             }
         }
@@ -328,11 +337,11 @@ fn probe_batch(
     Ok(out)
 }
 
-fn early_done(model: &Model, ids: &[i64], budget: usize) -> Result<bool, ModelError> {
+fn early_done(tokenizer: &TextTokenizer, ids: &[i64], budget: usize) -> Result<bool, ModelError> {
     if ids.len() >= budget {
         return Ok(true);
     }
-    let text = model.tokenizer.decode(ids, true)?;
+    let text = tokenizer.decode(ids, true)?;
     Ok(cut_early_answer(&text).1)
 }
 

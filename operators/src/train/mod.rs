@@ -52,7 +52,8 @@ impl Operator for Train {
     }
     fn ports(&self) -> &'static [Port] {
         const PORTS: &[Port] = &[
-            Port::model("model", "the model to fine-tune (and the reference policy)"),
+            Port::model("model", "the model to fine-tune (and the reference policy)")
+                .local_weights(),
             Port::table(
                 "data",
                 "`sft`: prompt and completion columns; preference losses: `pair` rows (`context`, `chosen_steps`, `rejected_steps`, `chosen_adv`, `rejected_adv`)",
