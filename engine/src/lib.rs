@@ -31,6 +31,7 @@ pub mod params;
 pub mod plan;
 pub mod progress;
 pub mod run;
+pub mod server_spec;
 pub mod shard;
 pub mod spec;
 pub mod sql;
