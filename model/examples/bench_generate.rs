@@ -44,6 +44,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let new_tokens: usize = args[3].parse()?;
     let threads: i32 = args[4].parse()?;
     tch::set_num_threads(threads);
+    // What `sspo-run` does (through `configure_cpu`); `SSPO_BENCH_MALLOC=default` keeps glibc's own.
+    if std::env::var("SSPO_BENCH_MALLOC").map_or(true, |v| v != "default") {
+        sspo_model::cpu::tune_allocator();
+    }
     let device = parse_device(&std::env::var("SSPO_BENCH_DEVICE").unwrap_or("cpu".into()))?;
     // `SSPO_BENCH_MODEL=FILE.gguf` (or an HF directory) runs that model on DIR's prompts.
     let opts = LoadOptions { dtype, device };

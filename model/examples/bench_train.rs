@@ -78,6 +78,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seq_len: usize = args[3].parse()?;
     let steps: usize = args[4].parse()?;
     tch::set_num_threads(args[5].parse()?);
+    // What `sspo-run` does (through `configure_cpu`); `SSPO_BENCH_MALLOC=default` keeps glibc's own.
+    if std::env::var("SSPO_BENCH_MALLOC").map_or(true, |v| v != "default") {
+        sspo_model::cpu::tune_allocator();
+    }
     let dtype: DType = args.get(6).map_or("fp32", |s| s.as_str()).parse()?;
     let device = parse_device(&std::env::var("SSPO_BENCH_DEVICE").unwrap_or("cpu".into()))?;
     let decoder = load(&args[1], dtype, device)?;

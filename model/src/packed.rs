@@ -18,10 +18,17 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{ModelError, Result};
 
 /// Row counts (the product of the input's leading dimensions) for which the packed product
-/// is used. Measured with one thread on AVX-512 for the matrices of 0.9M–0.5B-parameter
-/// models: 1.2–2.6x faster than `linear` with 4–12 rows, about equal with 1–2, and up to
-/// 3x slower with many rows (prefill), where MKL's own blocking wins.
-pub const PACKED_ROWS: RangeInclusive<i64> = 4..=12;
+/// is used. Measured on AVX-512 with 1 and 2 threads for the matrices of SmolLM2-135M and a
+/// 0.5B shape (docs/benchmarks.md, "Packed weights"): with weights packed for
+/// [`PACKED_FOR_ROWS`] rows, 1.3–3x faster than `linear` with 4–64 rows (decoding, probe
+/// blocks), 1.0–1.3x with 128–256, about equal with 1–2 and at 1,024, where MKL's own
+/// blocking catches up.
+pub const PACKED_ROWS: RangeInclusive<i64> = 4..=256;
+
+/// The row count the weights are packed for. MKL's packed layout serves any row count, but
+/// its blocking follows this hint: packed for 12 rows, products of 64 or more rows ran up
+/// to 2x slower than plain `linear`; packed for 64, none of 4–256 rows did.
+const PACKED_FOR_ROWS: i32 = 64;
 
 // CBLAS enum values (mkl_cblas.h).
 const ROW_MAJOR: i32 = 101;
@@ -107,7 +114,7 @@ impl PackedWeight {
         let (Ok(n32), Ok(k32)) = (i32::try_from(n), i32::try_from(k)) else {
             return Ok(None);
         };
-        let m = *PACKED_ROWS.end() as i32;
+        let m = PACKED_FOR_ROWS;
         let w = tch::no_grad(|| weight.f_detach()?.f_contiguous())?;
         // SAFETY: the sizes are in range, `w` is a contiguous [n, k] fp32 matrix, and `buf`
         // has the byte size MKL asks for.
@@ -218,7 +225,7 @@ mod tests {
         let p = PackedWeight::new(&w)
             .unwrap()
             .expect("fp32 CPU weights pack");
-        for rows in PACKED_ROWS {
+        for rows in PACKED_ROWS.clone().step_by(3) {
             // A 3-d input with `rows` = 2 × (rows / 2) where possible, as attention outputs are.
             let x = if rows % 2 == 0 {
                 randn(&[2, rows / 2, 24], rows)
@@ -249,11 +256,11 @@ mod tests {
         };
         assert!(!p.accepts(&randn(&[1, 8], 4)), "one row: plain linear");
         assert!(
-            !p.accepts(&randn(&[64, 8], 4)),
+            !p.accepts(&randn(&[1024, 8], 4)),
             "prefill-sized: plain linear"
         );
         assert!(!p.accepts(&randn(&[6, 9], 4)), "wrong width");
         assert!(!p.accepts(&randn(&[6, 8], 4).set_requires_grad(true)));
-        assert!(p.linear(&randn(&[64, 8], 4), None).is_err());
+        assert!(p.linear(&randn(&[1024, 8], 4), None).is_err());
     }
 }

@@ -3,6 +3,7 @@
 //! (`sft`, `dpo`, `sspo`, `step_pg`, [`loss`]) and exact checkpoints of weights and
 //! optimizer state ([`checkpoint`]). The `train` operator drives them.
 
+mod adamw_cpu;
 pub mod checkpoint;
 pub mod logprobs;
 pub mod loss;

@@ -16,6 +16,8 @@ use tch::{Kind, Tensor};
 
 use crate::error::{ModelError, Result};
 
+use super::adamw_cpu;
+
 /// Hyper-parameters of [`AdamW`] (the learning rate is given per step).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
@@ -118,12 +120,29 @@ impl AdamW {
     /// One update with learning rate `lr` from the parameters' accumulated gradients
     /// (parameters without a gradient are left alone, as in PyTorch).
     pub fn step(&mut self, lr: f64) -> Result<()> {
+        self.step_with(lr, true)
+    }
+
+    /// [`AdamW::step`]; `fused` lets fp32 CPU state take the fused update of
+    /// [`adamw_cpu`] (bit-identical to the tensor operations, which serve everything else).
+    fn step_with(&mut self, lr: f64, fused: bool) -> Result<()> {
         self.step += 1;
         let t = self.step as i32;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let bc1 = 1.0 - b1.powi(t);
         let bc2_sqrt = (1.0 - b2.powi(t)).sqrt();
         let step_size = lr / bc1;
+        let decay = 1.0 - lr * self.cfg.weight_decay;
+        let coefficients = |decayed: bool| adamw_cpu::Coefficients {
+            decay: decayed.then_some(decay as f32),
+            beta1: b1 as f32,
+            one_minus_beta1: (1.0 - b1) as f32,
+            beta2: b2 as f32,
+            one_minus_beta2: (1.0 - b2) as f32,
+            bias_correction2_sqrt: bc2_sqrt as f32,
+            eps: self.cfg.eps as f32,
+            step_size: step_size as f32,
+        };
         tch::no_grad(|| -> Result<()> {
             for s in &mut self.slots {
                 let g = s.param.grad();
@@ -134,19 +153,24 @@ impl AdamW {
                     Some(master) => (master.shallow_clone(), g.f_to_kind(Kind::Float)?),
                     None => (s.param.shallow_clone(), g),
                 };
-                if s.decay && self.cfg.weight_decay != 0.0 {
-                    let _ = p.f_mul_scalar_(1.0 - lr * self.cfg.weight_decay)?;
+                let decayed = s.decay && self.cfg.weight_decay != 0.0;
+                if fused && adamw_cpu::serves(&p, &g, &s.m, &s.v) {
+                    adamw_cpu::update(&p, &g, &s.m, &s.v, &coefficients(decayed))?;
+                } else {
+                    if decayed {
+                        let _ = p.f_mul_scalar_(decay)?;
+                    }
+                    let _ = s.m.f_mul_scalar_(b1)?;
+                    let _ = s.m.f_add_(&g.f_mul_scalar(1.0 - b1)?)?;
+                    let _ = s.v.f_mul_scalar_(b2)?;
+                    let _ = s.v.f_add_(&g.f_mul(&g)?.f_mul_scalar(1.0 - b2)?)?;
+                    let denom =
+                        s.v.f_sqrt()?
+                            .f_div_scalar(bc2_sqrt)?
+                            .f_add_scalar(self.cfg.eps)?;
+                    let update = s.m.f_div(&denom)?.f_mul_scalar(step_size)?;
+                    let _ = p.f_sub_(&update)?;
                 }
-                let _ = s.m.f_mul_scalar_(b1)?;
-                let _ = s.m.f_add_(&g.f_mul_scalar(1.0 - b1)?)?;
-                let _ = s.v.f_mul_scalar_(b2)?;
-                let _ = s.v.f_add_(&g.f_mul(&g)?.f_mul_scalar(1.0 - b2)?)?;
-                let denom =
-                    s.v.f_sqrt()?
-                        .f_div_scalar(bc2_sqrt)?
-                        .f_add_scalar(self.cfg.eps)?;
-                let update = s.m.f_div(&denom)?.f_mul_scalar(step_size)?;
-                let _ = p.f_sub_(&update)?;
                 if s.master.is_some() {
                     s.param.f_copy_(&p)?;
                 }
@@ -255,6 +279,7 @@ pub fn clip_grad_norm<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Device;
 
     fn vals(t: &Tensor) -> Vec<f64> {
         Vec::<f64>::try_from(&t.to_kind(Kind::Double).view([-1])).unwrap()
@@ -362,6 +387,71 @@ mod tests {
         assert_eq!(b.step_count(), 1);
         for ((_, x), (_, y)) in a.state_tensors().iter().zip(b.state_tensors().iter()) {
             assert!(x.equal(y));
+        }
+    }
+
+    /// Three steps of two optimizers over equal parameters and gradients, one taking the
+    /// fused CPU update and one the tensor operations.
+    fn fused_and_tensor_ops_runs(kind: Kind, weight_decay: f64) -> [Vec<Tensor>; 2] {
+        let cfg = AdamWConfig {
+            weight_decay,
+            ..AdamWConfig::default()
+        };
+        let make = || {
+            tch::manual_seed(5);
+            // A decayed matrix (large enough to span several parallel chunks) and a vector.
+            let w = (Tensor::randn([300, 700], (Kind::Float, Device::Cpu)) * 0.02)
+                .to_kind(kind)
+                .set_requires_grad(true);
+            let b = Tensor::randn([700], (Kind::Float, Device::Cpu))
+                .to_kind(kind)
+                .set_requires_grad(true);
+            (w, b)
+        };
+        let mut out = [Vec::new(), Vec::new()];
+        for (fused, out) in [true, false].into_iter().zip(out.iter_mut()) {
+            let (w, b) = make();
+            let mut opt = AdamW::new(
+                [
+                    ("w".to_string(), w.shallow_clone()),
+                    ("b".to_string(), b.shallow_clone()),
+                ],
+                cfg,
+            )
+            .unwrap();
+            tch::manual_seed(6);
+            for step in 0..3 {
+                opt.zero_grad().unwrap();
+                // Gradients over many magnitudes, tiny ones included.
+                let scale = 10f64.powi(-3 * step);
+                let gw = Tensor::randn([300, 700], (Kind::Float, Device::Cpu)) * scale;
+                let gb = Tensor::randn([700], (Kind::Float, Device::Cpu));
+                ((&w * gw.to_kind(kind)).sum(Kind::Float)
+                    + (&b * gb.to_kind(kind)).sum(Kind::Float))
+                .backward();
+                opt.step_with(1e-3, fused).unwrap();
+            }
+            out.extend([w.detach().copy(), b.detach().copy()]);
+            out.extend(opt.state_tensors().into_iter().map(|(_, t)| t.copy()));
+        }
+        out
+    }
+
+    #[test]
+    fn the_fused_cpu_update_is_bit_identical_to_the_tensor_operations() {
+        for (kind, wd) in [
+            (Kind::Float, 0.0),
+            (Kind::Float, 0.1),
+            (Kind::BFloat16, 0.1),
+        ] {
+            let [fused, ops] = fused_and_tensor_ops_runs(kind, wd);
+            assert_eq!(fused.len(), ops.len());
+            for (i, (a, b)) in fused.iter().zip(&ops).enumerate() {
+                assert!(
+                    a.equal(b),
+                    "{kind:?}, weight decay {wd}: tensor {i} differs"
+                );
+            }
         }
     }
 
