@@ -311,13 +311,10 @@ fn run_nodes(
         let inputs = plan.inputs_of(i, &opts.run_dir, fps, hasher)?;
         let bar = progress.node(id, "rows");
         let start = Instant::now();
-        let mut ctx = RunContext::new(
-            id.to_string(),
-            node.op.name().to_string(),
-            node.op.version(),
+        let mut ctx = RunContext::for_node(
+            plan,
+            i,
             fps[i].clone(),
-            plan.pipeline.seed,
-            plan.pipeline.device.clone(),
             opts.run_dir.clone(),
             inputs,
             &bar,

@@ -74,6 +74,34 @@ pub struct RunContext<'a> {
 }
 
 impl<'a> RunContext<'a> {
+    /// The context of plan node `index`: its id and operator, the pipeline's seed and device.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn for_node(
+        plan: &crate::plan::Plan,
+        index: usize,
+        fingerprint: String,
+        run_dir: PathBuf,
+        inputs: BTreeMap<String, Input>,
+        progress: &'a NodeProgress,
+        manifest: Option<Manifest>,
+        log: &'a (dyn Fn(&str) + Sync),
+    ) -> Self {
+        let node = &plan.nodes[index];
+        Self::new(
+            node.id().to_string(),
+            node.op.name().to_string(),
+            node.op.version(),
+            fingerprint,
+            plan.pipeline.seed,
+            plan.pipeline.device.clone(),
+            run_dir,
+            inputs,
+            progress,
+            manifest,
+            log,
+        )
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         node_id: String,

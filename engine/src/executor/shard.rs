@@ -138,13 +138,10 @@ pub fn run_shard(
         let node = &plan.nodes[i];
         let bar = progress.node(id, "rows");
         let start = Instant::now();
-        let mut ctx = RunContext::new(
-            id.to_string(),
-            node.op.name().to_string(),
-            node.op.version(),
+        let mut ctx = RunContext::for_node(
+            plan,
+            i,
             fps[i].clone(),
-            plan.pipeline.seed,
-            plan.pipeline.device.clone(),
             opts.run_dir.clone(),
             inputs,
             &bar,
