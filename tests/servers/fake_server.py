@@ -9,6 +9,9 @@ Endpoints and fields, named as the real servers name them:
   (per prompt token: its own log-prob and the top-k), `return_tokens_as_token_ids`
   (`token_id:N` keys). Answers: `choices[].text`, `finish_reason`, `logprobs`,
   `prompt_logprobs`, `usage`.
+* llama-cpp-python: the served name with `-text` appended is the same model behind a
+  `/v1/completions` that takes text prompts only and answers token ids as
+  llama-cpp-python 0.3 does (status 500, a validation error naming `prompt`).
 * SGLang: GET /get_model_info (`model_path`); POST /generate with `input_ids`,
   `sampling_params` (`max_new_tokens`, `temperature`, `top_p`, `top_k`, `stop`,
   `sampling_seed`), `return_logprob`, `logprob_start_len`, `top_logprobs_num`,
@@ -102,6 +105,13 @@ class Model:
         return out, rows, text, finish
 
 
+TEXT_ONLY = "-text"
+
+
+class TextOnly(Exception):
+    """A token-id prompt sent to the text-only name."""
+
+
 def top_entries(row, k, extra):
     """Token ids of the top k of `row`, plus `extra` ids, without repeats."""
     ids = []
@@ -161,7 +171,8 @@ def make_handler(model, state, served):
         def do_GET(self):
             if self.path == "/v1/models":
                 self.send(200, {"object": "list", "data": [
-                    {"id": served, "object": "model", "owned_by": "vllm", "max_model_len": model.max_len}]})
+                    {"id": name, "object": "model", "owned_by": "vllm", "max_model_len": model.max_len}
+                    for name in (served, served + TEXT_ONLY)]})
             elif self.path == "/get_model_info":
                 self.send(200, {"model_path": served, "tokenizer_path": served, "is_generation": True})
             else:
@@ -199,6 +210,11 @@ def make_handler(model, state, served):
                 if self.path == "/generate":
                     return self.send(200, self.generate(body))
                 return self.error(404, f"no route {self.path}")
+            except TextOnly:
+                return self.send(500, {"error": {
+                    "message": "1 validation errors:\n  {'type': 'string_type', 'loc': ('body', 'prompt', 'str'), "
+                               "'msg': 'Input should be a valid string'}",
+                    "type": "internal_server_error"}})
             except ValueError as e:
                 return self.error(400, str(e))
 
@@ -210,8 +226,10 @@ def make_handler(model, state, served):
             raise ValueError("prompt must be a string or a list of token ids")
 
         def completions(self, body):
-            if body.get("model") != served:
+            if body.get("model") not in (served, served + TEXT_ONLY):
                 raise ValueError(f"The model `{body.get('model')}` does not exist.")
+            if body["model"] == served + TEXT_ONLY and not isinstance(body.get("prompt"), str):
+                raise TextOnly()
             ids = self.prompt_ids(body.get("prompt"))
             max_tokens = int(body.get("max_tokens", 16))
             if len(ids) + max_tokens > model.max_len:

@@ -37,6 +37,9 @@ pub enum ServerError {
     /// A log-prob the probe needs is not among those the server returned.
     #[error("{url}: {what}")]
     MissingLogprob { url: String, what: String },
+    /// A prompt's ids could not be decoded to the text a text-only server takes.
+    #[error("decoding a prompt to text: {0}")]
+    Prompt(String),
     /// The api cannot give what a node asks of it.
     #[error("api `{api}` cannot {what}; {help}")]
     Unsupported {

@@ -40,6 +40,14 @@ impl HttpClient {
         }
     }
 
+    /// The same client, each request tried once.
+    pub fn without_retries(&self) -> Self {
+        HttpClient {
+            retries: 0,
+            ..self.clone()
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

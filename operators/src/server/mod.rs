@@ -24,7 +24,7 @@ use sspo_model::{GenerationOutput, GenerationRequest, ModelText};
 
 pub use error::ServerError;
 use http::HttpClient;
-pub use protocol::{Completion, Sampling, ScoreQuery, Scored};
+pub use protocol::{Completion, Prompt, Sampling, ScoreQuery, Scored};
 
 /// A connected server and the local text side of its model.
 pub struct ServerModel {
@@ -34,6 +34,8 @@ pub struct ServerModel {
     /// The server's context length, else the tokenizer directory's.
     pub context_length: Option<usize>,
     rates: Rates,
+    /// `api: openai` to a server that refuses token-id prompts: prompts go as text.
+    text_prompts: bool,
 }
 
 impl ServerModel {
@@ -50,12 +52,20 @@ impl ServerModel {
         let http = HttpClient::new(&spec.url, Duration::from_secs(spec.timeout_s), spec.retries);
         let served =
             served::check_served(&http, spec.api, &spec.model).map_err(|e| e.to_string())?;
+        // Asked once per connection: one 1-token request.
+        let text_prompts = spec.api == ServerApi::Openai
+            && !completions::takes_id_prompts(
+                &http,
+                &spec.model,
+                text.eos_token_ids.first().copied().unwrap_or(0),
+            );
         Ok(ServerModel {
             context_length: served.context_length.or(text.context_length),
             spec: spec.clone(),
             http,
             text,
             rates: Rates::new(),
+            text_prompts,
         })
     }
 
@@ -76,7 +86,7 @@ impl ServerModel {
                 &self.http,
                 self.spec.api,
                 &self.spec.model,
-                prompt,
+                Prompt::Ids(prompt),
                 s,
                 with_ids,
             ),
@@ -85,17 +95,27 @@ impl ServerModel {
                 what: "return generated token ids",
                 help: "use api vllm or sglang for probes",
             }),
-            ServerApi::Openai => completions::complete(
-                &self.http,
-                self.spec.api,
-                &self.spec.model,
-                prompt,
-                s,
-                false,
-            ),
+            ServerApi::Openai => self.complete_openai(prompt, s),
         }?;
         self.rates.add(1, c.n_tokens as u64);
         Ok(c)
+    }
+
+    /// A plain OpenAI server: the token ids, or, to a server that takes only text, the ids
+    /// decoded back to text (special tokens kept), which the server tokenises again.
+    fn complete_openai(&self, prompt: &[i64], s: &Sampling) -> Result<Completion, ServerError> {
+        let send = |p: Prompt| {
+            completions::complete(&self.http, ServerApi::Openai, &self.spec.model, p, s, false)
+        };
+        if !self.text_prompts {
+            return send(Prompt::Ids(prompt));
+        }
+        let text = self
+            .text
+            .tokenizer
+            .decode(prompt, false)
+            .map_err(|e| ServerError::Prompt(e.to_string()))?;
+        send(Prompt::Text(&text))
     }
 
     /// The log-probs of one probe sequence.

@@ -42,6 +42,25 @@ impl Sampling {
     }
 }
 
+/// A prompt as a request carries it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Prompt<'a> {
+    /// Token ids, as rendered and tokenised here: what every api sends first.
+    Ids(&'a [i64]),
+    /// The ids decoded back to text, for `api: openai` servers that take only text
+    /// (llama-cpp-python); the server tokenises it again.
+    Text(&'a str),
+}
+
+impl Prompt<'_> {
+    pub fn to_json(self) -> Value {
+        match self {
+            Prompt::Ids(ids) => serde_json::json!(ids),
+            Prompt::Text(text) => serde_json::json!(text),
+        }
+    }
+}
+
 /// One completion as the server returned it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {

@@ -49,10 +49,18 @@ pub fn complete(
     });
     let v = http.post(PATH, &body, EXPECTED)?;
     let url = http.url(PATH);
-    let a = Answer {
-        url: &url,
-        value: &v,
-    };
+    read_completion(
+        &Answer {
+            url: &url,
+            value: &v,
+        },
+        with_ids,
+    )
+}
+
+/// A generation answer: `text`, the finish reason and token count of `meta_info`, and
+/// (`with_ids`) the ids of `output_token_logprobs`.
+fn read_completion(a: &Answer, with_ids: bool) -> Result<Completion, ServerError> {
     let token_ids = if with_ids {
         let entries = a.array_at("/meta_info/output_token_logprobs")?;
         Some(
@@ -88,10 +96,19 @@ pub fn score(http: &HttpClient, q: &ScoreQuery) -> Result<Scored, ServerError> {
     }
     let v = http.post(PATH, &body, EXPECTED)?;
     let url = http.url(PATH);
-    let a = Answer {
-        url: &url,
-        value: &v,
-    };
+    read_scored(
+        &Answer {
+            url: &url,
+            value: &v,
+        },
+        q,
+        start,
+    )
+}
+
+/// A probe answer: the input log-probs of `q.ids` from `q.forced_from` on (the answer's
+/// list starts at `start`), and the requested log-probs at the first generated token.
+fn read_scored(a: &Answer, q: &ScoreQuery, start: usize) -> Result<Scored, ServerError> {
     let entries = a.array_at("/meta_info/input_token_logprobs")?;
     let forced = (q.forced_from..q.ids.len())
         .map(|p| {
@@ -128,7 +145,7 @@ pub fn score(http: &HttpClient, q: &ScoreQuery) -> Result<Scored, ServerError> {
                         .and_then(Value::as_f64)
                         .map(|lp| lp as f32)
                         .ok_or_else(|| ServerError::MissingLogprob {
-                            url: url.clone(),
+                            url: a.url.to_string(),
                             what: format!(
                                 "`output_token_ids_logprobs[0]` has no entry for requested token {t}"
                             ),
@@ -139,4 +156,145 @@ pub fn score(http: &HttpClient, q: &ScoreQuery) -> Result<Scored, ServerError> {
         }
     };
     Ok(Scored { forced, next })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URL: &str = "http://127.0.0.1:1/generate";
+
+    fn complete_from(v: Value, with_ids: bool) -> Result<Completion, ServerError> {
+        read_completion(
+            &Answer {
+                url: URL,
+                value: &v,
+            },
+            with_ids,
+        )
+    }
+
+    fn score_from(v: Value, q: &ScoreQuery, start: usize) -> Result<Scored, ServerError> {
+        read_scored(
+            &Answer {
+                url: URL,
+                value: &v,
+            },
+            q,
+            start,
+        )
+    }
+
+    /// The error's text, which must name the url.
+    fn message(e: ServerError) -> String {
+        let m = e.to_string();
+        assert!(m.starts_with(URL), "{m}");
+        m
+    }
+
+    #[test]
+    fn generations_are_read_with_their_ids() {
+        let v = json!({"text": " 12", "meta_info": {
+            "finish_reason": {"type": "length", "length": 2},
+            "completion_tokens": 2,
+            "output_token_logprobs": [[-0.5, 5, null], [-0.25, 7, null]],
+        }});
+        let c = complete_from(v.clone(), true).expect("a completion");
+        assert_eq!(c.text, " 12");
+        assert_eq!(c.n_tokens, 2);
+        assert_eq!(c.finish, sspo_model::FinishReason::Length);
+        assert_eq!(c.token_ids, Some(vec![5, 7]));
+        let mut v = v;
+        v["meta_info"]["finish_reason"] = json!({"type": "stop", "matched": "\n\n"});
+        let c = complete_from(v, false).expect("a completion");
+        assert_eq!(c.finish, sspo_model::FinishReason::Stop);
+        assert_eq!(c.token_ids, None);
+    }
+
+    #[test]
+    fn malformed_generations_name_the_missing_field() {
+        let m = message(complete_from(json!({"error": "x"}), false).unwrap_err());
+        assert!(m.contains("`/text`"), "{m}");
+        let no_count = json!({"text": "x", "meta_info": {}});
+        let m = message(complete_from(no_count, false).unwrap_err());
+        assert!(m.contains("`/meta_info/completion_tokens`"), "{m}");
+        let negative = json!({"text": "x", "meta_info": {"completion_tokens": -1}});
+        let m = message(complete_from(negative, false).unwrap_err());
+        assert!(m.contains("as a non-negative integer"), "{m}");
+        let short = json!({"text": "x", "meta_info": {"completion_tokens": 1,
+            "output_token_logprobs": [[-0.5]]}});
+        let m = message(complete_from(short, true).unwrap_err());
+        assert!(
+            m.contains("`output_token_logprobs` of `[logprob, id, text]`"),
+            "{m}"
+        );
+        let none = json!({"text": "x", "meta_info": {"completion_tokens": 1}});
+        let m = message(complete_from(none, true).unwrap_err());
+        assert!(m.contains("`/meta_info/output_token_logprobs`"), "{m}");
+    }
+
+    fn probe_answer() -> Value {
+        json!({"text": "", "meta_info": {
+            "completion_tokens": 1,
+            "input_token_logprobs": [[-1.5, 4, null], [-0.25, 6, null]],
+            "output_token_logprobs": [[-0.1, 9, null]],
+            "output_token_ids_logprobs": [[[-2.5, 3, null], [-0.1, 9, null]]],
+        }})
+    }
+
+    #[test]
+    fn probe_answers_are_read_exactly() {
+        let q = ScoreQuery {
+            ids: vec![1, 4, 6],
+            forced_from: 1,
+            next: Some(vec![9, 3]),
+        };
+        let s = score_from(probe_answer(), &q, 1).expect("scored");
+        assert_eq!(s.forced, vec![-1.5, -0.25]);
+        assert_eq!(s.next, Some((vec![-0.1, -2.5], 9)));
+    }
+
+    #[test]
+    fn malformed_probe_answers_are_errors_not_guesses() {
+        let q = ScoreQuery {
+            ids: vec![1, 4, 6],
+            forced_from: 1,
+            next: Some(vec![3]),
+        };
+        // The input list must start at `logprob_start_len`: entries for other ids are
+        // refused rather than read at the wrong position.
+        let m = message(score_from(probe_answer(), &q, 0).unwrap_err());
+        assert!(
+            m.contains("`input_token_logprobs[1]` = [logprob, 4, text] (logprob_start_len 0)"),
+            "{m}"
+        );
+        let mut v = probe_answer();
+        v["meta_info"]["input_token_logprobs"] = json!([[-1.5, 4, null]]);
+        let m = message(score_from(v, &q, 1).unwrap_err());
+        assert!(m.contains("`input_token_logprobs[1]`"), "{m}");
+        let mut v = probe_answer();
+        v["meta_info"]["output_token_logprobs"] = json!([[-0.1, "9", null]]);
+        let m = message(score_from(v, &q, 1).unwrap_err());
+        assert!(
+            m.contains("`output_token_logprobs[0]` = [logprob, id, text]"),
+            "{m}"
+        );
+        let mut v = probe_answer();
+        v["meta_info"]
+            .as_object_mut()
+            .expect("object")
+            .remove("output_token_ids_logprobs");
+        let m = message(score_from(v, &q, 1).unwrap_err());
+        assert!(
+            m.contains("`/meta_info/output_token_ids_logprobs/0`"),
+            "{m}"
+        );
+        let q = ScoreQuery {
+            next: Some(vec![8]),
+            ..q
+        };
+        let e = score_from(probe_answer(), &q, 1).unwrap_err();
+        assert!(matches!(e, ServerError::MissingLogprob { .. }), "{e:?}");
+        assert!(message(e).contains("no entry for requested token 8"));
+    }
 }
