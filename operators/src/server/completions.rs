@@ -70,15 +70,7 @@ pub fn complete(
     with_ids: bool,
 ) -> Result<Completion, ServerError> {
     let body = completion_body(api, model, prompt, s, with_ids);
-    let v = http.post(PATH, &body, EXPECTED)?;
-    let url = http.url(PATH);
-    read_completion(
-        &Answer {
-            url: &url,
-            value: &v,
-        },
-        with_ids,
-    )
+    http.post_read(PATH, &body, EXPECTED, |a| read_completion(a, with_ids))
 }
 
 /// A completion answer: the first choice's text and finish reason, the generated-token
@@ -155,16 +147,7 @@ pub fn score(
     if q.next.is_some() {
         body["logprobs"] = json!(top_k);
     }
-    let v = http.post(PATH, &body, EXPECTED)?;
-    let url = http.url(PATH);
-    read_scored(
-        &Answer {
-            url: &url,
-            value: &v,
-        },
-        q,
-        top_k,
-    )
+    http.post_read(PATH, &body, EXPECTED, |a| read_scored(a, q, top_k))
 }
 
 /// A probe answer: the prompt log-probs from `q.forced_from` on, and the requested

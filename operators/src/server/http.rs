@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::error::{snippet, ServerError};
+use super::protocol::Answer;
 
 /// First wait before a retry; it doubles with every attempt, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -50,6 +51,22 @@ impl HttpClient {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// `POST path` and `read` of its JSON answer, which names this url in its errors.
+    pub fn post_read<T>(
+        &self,
+        path: &str,
+        body: &Value,
+        expected: &str,
+        read: impl FnOnce(&Answer) -> Result<T, ServerError>,
+    ) -> Result<T, ServerError> {
+        let value = self.post(path, body, expected)?;
+        let url = self.url(path);
+        read(&Answer {
+            url: &url,
+            value: &value,
+        })
     }
 
     /// `GET path`, as JSON.

@@ -47,15 +47,7 @@ pub fn complete(
         "sampling_params": sampling_params(s),
         "return_logprob": with_ids,
     });
-    let v = http.post(PATH, &body, EXPECTED)?;
-    let url = http.url(PATH);
-    read_completion(
-        &Answer {
-            url: &url,
-            value: &v,
-        },
-        with_ids,
-    )
+    http.post_read(PATH, &body, EXPECTED, |a| read_completion(a, with_ids))
 }
 
 /// A generation answer: `text`, the finish reason and token count of `meta_info`, and
@@ -94,16 +86,7 @@ pub fn score(http: &HttpClient, q: &ScoreQuery) -> Result<Scored, ServerError> {
     if let Some(ids) = &q.next {
         body["token_ids_logprob"] = json!(ids);
     }
-    let v = http.post(PATH, &body, EXPECTED)?;
-    let url = http.url(PATH);
-    read_scored(
-        &Answer {
-            url: &url,
-            value: &v,
-        },
-        q,
-        start,
-    )
+    http.post_read(PATH, &body, EXPECTED, |a| read_scored(a, q, start))
 }
 
 /// A probe answer: the input log-probs of `q.ids` from `q.forced_from` on (the answer's
