@@ -12,8 +12,9 @@ weighs its step's `w_k = clip(1 + alpha * A_k, w_min, w_max)` on the chosen side
 `clip(1 - alpha * A_k, w_min, w_max)` on the rejected side (`A_k`: the exported
 `chosen_adv` / `rejected_adv`), the steps both sides share weigh 0, and the loss is
 `-log sigmoid(beta * (R(chosen) - R(rejected)))` with `R = sum_t w_t * (log pi - log ref)`.
-Needs `trl` (tested with the 0.13+ API: `DPOConfig`, `processing_class`, the
-`prompt_/chosen_/rejected_input_ids` batches of its collator) and a fast tokenizer.
+Needs `trl` (`DPOConfig`, `processing_class`; both collator layouts, the
+`prompt_/chosen_/rejected_input_ids` batches up to 0.2x and the joined `input_ids` +
+`completion_mask` of 0.29; run on the CPU with 0.29.1) and a fast tokenizer.
 """
 
 import argparse
@@ -47,10 +48,25 @@ def step_weights(text, steps, advs, shared, alpha, w_min, w_max, chosen, tokeniz
 
 
 class WeightCollator(DataCollatorForPreference):
-    """TRL's preference collator, also padding the per-token weights (with 0)."""
+    """TRL's preference collator, also padding the per-token weights (with 0).
+
+    Two collator layouts exist: up to TRL 0.2x, `prompt_/chosen_/rejected_input_ids`;
+    from 0.29, one `input_ids` of the prompt + chosen rows then the prompt + rejected rows,
+    with a `completion_mask`. The weights follow whichever the installed TRL gives.
+    """
 
     def torch_call(self, examples):
         batch = super().torch_call(examples)
+        if "completion_mask" in batch:
+            rows = [e["chosen_weights"] for e in examples] + [e["rejected_weights"] for e in examples]
+            mask = batch["completion_mask"]
+            weights = torch.zeros(mask.shape, dtype=torch.float32)
+            for i, r in enumerate(rows):
+                at = mask[i].nonzero().flatten()
+                n = min(len(at), len(r))
+                weights[i, at[:n]] = torch.tensor(r[:n], dtype=torch.float32)
+            batch["weights"] = weights
+            return batch
         for side in ("chosen", "rejected"):
             rows = [torch.tensor(e[f"{side}_weights"], dtype=torch.float32) for e in examples]
             width = batch[f"{side}_input_ids"].shape[1]
@@ -77,20 +93,33 @@ class StepWeightedDPOTrainer(DPOTrainer):
         weights = batch[f"{side}_weights"].to(logps.dtype) * comp_mask.to(logps.dtype)
         return (logps * weights).sum(-1)
 
+    def _joined_logps(self, model, batch):
+        """TRL 0.29+ layout: the weighted sums of the chosen rows, then the rejected ones."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1, :]
+        logps = torch.gather(logits.log_softmax(-1), 2, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        weights = (batch["weights"] * batch["completion_mask"])[:, 1:].to(logps.dtype)
+        sums = (logps * weights).sum(-1)
+        n = ids.shape[0] // 2
+        return sums[:n], sums[n:]
+
+    def _pair_logps(self, model, batch):
+        if "completion_mask" in batch:
+            return self._joined_logps(model, batch)
+        return self._side_logps(model, batch, "chosen"), self._side_logps(model, batch, "rejected")
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        chosen = self._side_logps(model, inputs, "chosen")
-        rejected = self._side_logps(model, inputs, "rejected")
+        chosen, rejected = self._pair_logps(model, inputs)
         with torch.no_grad():
             if self.ref_model is not None:
-                ref_c = self._side_logps(self.ref_model, inputs, "chosen")
-                ref_r = self._side_logps(self.ref_model, inputs, "rejected")
+                ref_c, ref_r = self._pair_logps(self.ref_model, inputs)
             else:  # PEFT: the base weights are the reference
                 with self.accelerator.unwrap_model(model).disable_adapter():
-                    ref_c = self._side_logps(model, inputs, "chosen")
-                    ref_r = self._side_logps(model, inputs, "rejected")
+                    ref_c, ref_r = self._pair_logps(model, inputs)
         margin = self.beta * ((chosen - ref_c) - (rejected - ref_r))
         loss = -F.logsigmoid(margin).mean()
-        self.store_metrics({"sspo/margin": margin.mean().item()}, train_eval="train")
+        if hasattr(self, "store_metrics"):  # TRL up to 0.2x; 0.29 dropped it
+            self.store_metrics({"sspo/margin": margin.mean().item()}, train_eval="train")
         return (loss, {"margin": margin}) if return_outputs else loss
 
 
@@ -107,6 +136,7 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-6)
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (-1: the epochs)")
     args = ap.parse_args()
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -120,6 +150,11 @@ def main():
         learning_rate=args.lr,
         num_train_epochs=args.epochs,
         per_device_train_batch_size=args.batch_size,
+        max_steps=args.max_steps,
+        # bf16 where the GPUs have it; on a machine without a GPU, fp32 on the CPU (TRL's
+        # default asks for bf16 on a GPU and refuses to start without one).
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        use_cpu=not torch.cuda.is_available(),
         remove_unused_columns=False,
         save_strategy="no",
         report_to=[],
