@@ -366,6 +366,21 @@ impl<'a> RunContext<'a> {
         Ok(dir)
     }
 
+    /// Indices of the chunks `0..n_chunks` the manifest holds. Indices past the last chunk
+    /// are final records ([`Self::commit_final`]), not chunks.
+    pub(crate) fn committed_chunks(&self, n_chunks: usize) -> std::collections::HashSet<u64> {
+        self.manifest
+            .as_ref()
+            .map(|m| {
+                m.chunks
+                    .iter()
+                    .map(|c| c.index)
+                    .filter(|i| *i < n_chunks as u64)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The chunk loop: input rows `0..input_rows` in chunks of `chunk_rows`; chunks
     /// committed by an earlier run with the same plan are skipped; each new chunk's output
     /// is committed (parts, then manifest) before the next starts. Returns after the last
@@ -390,18 +405,7 @@ impl<'a> RunContext<'a> {
         if self.manifest.is_some() && !plan_matches {
             self.start_over("input or chunking changed since the interrupted run")?;
         }
-        // Indices past the last chunk are final records ([`Self::commit_final`]).
-        let done: std::collections::HashSet<u64> = self
-            .manifest
-            .as_ref()
-            .map(|m| {
-                m.chunks
-                    .iter()
-                    .map(|c| c.index)
-                    .filter(|i| *i < n_chunks as u64)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let done = self.committed_chunks(n_chunks);
         let done_rows: usize = (0..n_chunks)
             .filter(|i| done.contains(&(*i as u64)))
             .map(|i| chunk_range(i, chunk_rows, input_rows).len())

@@ -38,11 +38,7 @@ impl RunContext<'_> {
                 )));
             }
         }
-        let done: std::collections::HashSet<u64> = self
-            .manifest
-            .as_ref()
-            .map(|m| m.chunks.iter().map(|c| c.index).collect())
-            .unwrap_or_default();
+        let done = self.committed_chunks(n_chunks);
         let owned: Vec<usize> = (0..n_chunks)
             .filter(|&i| shard.owns(i as u64) && !done.contains(&(i as u64)))
             .collect();
