@@ -35,16 +35,10 @@ pub const MARKER_FORMAT: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChunkMarker {
     pub format: u32,
-    pub node: String,
-    pub op: String,
-    pub op_version: u32,
-    pub fingerprint: String,
-    pub chunk_rows: u64,
-    pub input_rows: u64,
-    /// `I/N` of the shard that wrote it.
-    pub shard: String,
-    /// The writing attempt's tag (in its part files' names).
-    pub attempt: String,
+    /// Node, operator, fingerprint, chunking and attempt: the same in every marker of an
+    /// attempt (flattened: the file keeps one flat JSON object).
+    #[serde(flatten)]
+    pub header: MarkerHeader,
     pub chunk: ChunkRecord,
     /// Columns of each table the chunk wrote ("" is the primary table).
     pub schema: BTreeMap<String, Vec<ColumnRecord>>,
@@ -102,7 +96,7 @@ pub fn commit_chunk(
     tables: &[(&str, &RecordBatch)],
 ) -> Result<bool, StoreError> {
     let index = marker.chunk.index;
-    let tag = marker.attempt.clone();
+    let tag = marker.header.attempt.clone();
     let name = format!("part-{index:05}-{tag}.parquet");
     let mut files = Vec::with_capacity(tables.len());
     for (table, batch) in tables {
@@ -119,9 +113,9 @@ pub fn commit_chunk(
         files.push(part);
     }
     marker.chunk.files = files;
-    let mdir = marker_dir(dir, &marker.fingerprint);
+    let mdir = marker_dir(dir, &marker.header.fingerprint);
     fs::create_dir_all(&mdir).map_err(io_err(&mdir))?;
-    let path = marker_path(dir, &marker.fingerprint, index);
+    let path = marker_path(dir, &marker.header.fingerprint, index);
     let bytes = serde_json::to_vec_pretty(&marker).map_err(|source| StoreError::Manifest {
         path: path.clone(),
         source,
@@ -265,13 +259,13 @@ pub fn with_markers(manifest: Option<Manifest>, markers: &[ChunkMarker]) -> Opti
             let first = markers.first()?;
             Manifest {
                 format: MANIFEST_FORMAT,
-                node: first.node.clone(),
-                op: first.op.clone(),
-                op_version: first.op_version,
-                fingerprint: first.fingerprint.clone(),
+                node: first.header.node.clone(),
+                op: first.header.op.clone(),
+                op_version: first.header.op_version,
+                fingerprint: first.header.fingerprint.clone(),
                 state: NodeState::Partial,
-                chunk_rows: first.chunk_rows,
-                input_rows: first.input_rows,
+                chunk_rows: first.header.chunk_rows,
+                input_rows: first.header.input_rows,
                 chunks: Vec::new(),
                 rows: BTreeMap::new(),
                 schema: BTreeMap::new(),
@@ -286,7 +280,8 @@ pub fn with_markers(manifest: Option<Manifest>, markers: &[ChunkMarker]) -> Opti
     };
     let listed: BTreeSet<u64> = m.chunks.iter().map(|c| c.index).collect();
     for mk in markers {
-        let same_plan = mk.chunk_rows == m.chunk_rows && mk.input_rows == m.input_rows;
+        let same_plan =
+            mk.header.chunk_rows == m.chunk_rows && mk.header.input_rows == m.input_rows;
         if !same_plan || listed.contains(&mk.chunk.index) {
             continue;
         }
@@ -334,14 +329,7 @@ pub fn new_marker(
 ) -> ChunkMarker {
     ChunkMarker {
         format: MARKER_FORMAT,
-        node: m.node.clone(),
-        op: m.op.clone(),
-        op_version: m.op_version,
-        fingerprint: m.fingerprint.clone(),
-        chunk_rows: m.chunk_rows,
-        input_rows: m.input_rows,
-        shard: m.shard.clone(),
-        attempt: m.attempt.clone(),
+        header: m.clone(),
         chunk,
         schema,
         counters,
@@ -351,7 +339,7 @@ pub fn new_marker(
 }
 
 /// What every marker of one shard attempt of a node shares.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MarkerHeader {
     pub node: String,
     pub op: String,
@@ -407,7 +395,7 @@ mod tests {
         assert!(!commit_chunk(&dir, marker("b2", 0), &[("", &b), ("x", &b)]).unwrap());
         let markers = read_markers(&dir, "fp").unwrap();
         assert_eq!(markers.len(), 1);
-        assert_eq!(markers[0].attempt, "a1");
+        assert_eq!(markers[0].header.attempt, "a1");
         let files: Vec<&str> = markers[0]
             .chunk
             .files

@@ -97,7 +97,7 @@ pub fn commit(
 fn owners(missing: &[u64], markers: &[ChunkMarker]) -> String {
     let count = markers
         .iter()
-        .find_map(|m| Shard::parse(&m.shard).ok())
+        .find_map(|m| Shard::parse(&m.header.shard).ok())
         .map(|s| s.count);
     let Some(count) = count else {
         return "no shard has committed any chunk".to_string();
