@@ -6,6 +6,7 @@
 
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::bf16_rows::Bf16Weight;
 use crate::cache::KvCache;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -38,19 +39,33 @@ struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
     /// Set by [`Decoder::pack_for_inference`].
-    packed: Option<PackedWeight>,
+    packed: Option<Prepared>,
+}
+
+/// A weight matrix made ready for inference products on the CPU.
+#[derive(Debug)]
+enum Prepared {
+    /// fp32: packed for MKL.
+    Mkl(PackedWeight),
+    /// bf16: the few-row kernel.
+    Bf16(Bf16Weight),
 }
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let bias = self.bias.as_ref();
         match &self.packed {
-            Some(p) if p.accepts(x) => p.linear(x, self.bias.as_ref()),
-            _ => Ok(x.f_linear(&self.weight, self.bias.as_ref())?),
+            Some(Prepared::Mkl(p)) if p.accepts(x) => p.linear(x, bias),
+            Some(Prepared::Bf16(p)) if p.accepts(x) => p.linear(x, bias),
+            _ => Ok(x.f_linear(&self.weight, bias)?),
         }
     }
 
     fn pack(&mut self) -> Result<bool> {
-        self.packed = PackedWeight::new(&self.weight)?;
+        self.packed = match PackedWeight::new(&self.weight)? {
+            Some(p) => Some(Prepared::Mkl(p)),
+            None => Bf16Weight::new(&self.weight)?.map(Prepared::Bf16),
+        };
         Ok(self.packed.is_some())
     }
 }
@@ -249,8 +264,10 @@ impl Decoder {
     /// a few sequences at a time gets up to 2.6x faster matrix products, at the cost of a
     /// second, padded copy of the matrices (about 1.75x their size). The packed copy is a
     /// snapshot: call this only on a decoder whose weights no longer change (generation,
-    /// probing, evaluation), never before training. Returns whether anything was packed
-    /// (nothing on other devices or dtypes, or without MKL).
+    /// probing, evaluation), never before training. bf16 CPU matrices are not copied but
+    /// routed to [`crate::bf16_rows`]' kernel for products of a few rows. Returns whether
+    /// anything was prepared (nothing on other devices or dtypes, or without MKL and
+    /// AVX-512).
     pub fn pack_for_inference(&mut self) -> Result<bool> {
         let mut packed = false;
         for lin in self.linears_mut() {

@@ -10,6 +10,7 @@
 //! * [`check`]: what loading a directory or GGUF file would refuse, found without reading
 //!   weights ([`layout`]: the parameters a config implies).
 
+pub mod bf16_rows;
 pub mod builtin;
 pub mod cache;
 pub mod chat;
@@ -23,6 +24,7 @@ pub mod gguf;
 pub mod hub_dir;
 pub mod layout;
 pub mod logits;
+mod omp_pool;
 pub mod packed;
 pub mod profile;
 mod rope;
