@@ -1,16 +1,17 @@
-//! bf16 matrix products for a few rows (decoding), on AVX-512 CPUs.
+//! bf16 matrix products for a few rows (decoding), on CPUs with AVX-512 BF16.
 //!
 //! For one to a few input rows libtorch's bf16 `linear` (oneDNN) read the weights at only
 //! 8–15 GB/s, against the 24 GB/s of the fp32 path (MKL), so bf16 decoding was no faster
 //! than fp32 although it reads half the bytes. oneDNN reorders the weights into its blocked
 //! layout on every call (with weights reordered once, through PyTorch's
 //! `mkldnn._linear_pointwise`, it ran 1.3–1.7x faster, but libtorch's C API does not offer
-//! that). This kernel streams the weights once, widening each bf16 value to fp32 and
-//! accumulating in fp32 as oneDNN does; only the order of the sums differs, so a result
-//! can differ from libtorch's in its last bf16 bit. Each output is summed by one thread in
-//! a fixed order: the bits do not depend on the thread count.
+//! that). This kernel streams the weights once and multiplies bf16 pairs with AVX-512 BF16's
+//! dot-product instruction, products exact and sums in fp32 as in oneDNN; only the order
+//! of the sums differs, so a result can differ from libtorch's in its last bf16 bit. Each
+//! output is summed by one thread in a fixed order: the bits do not depend on the thread
+//! count. From 8 rows on, oneDNN's blocked products catch up and the kernel is not used.
 
-use std::ops::RangeInclusive;
+use std::ops::{Range, RangeInclusive};
 
 use tch::{Device, Kind, Tensor};
 
@@ -18,8 +19,9 @@ use crate::error::{ModelError, Result};
 use crate::omp_pool::for_each_task;
 
 /// Input rows for which the kernel is used; beyond them libtorch's blocked products win
-/// (measured on AVX-512 with 2 threads for SmolLM2-135M's matrices: 1.3–2x faster than
-/// `linear` with 1–4 rows, about equal with 8; docs/benchmarks.md, "Generation on SmolLM2").
+/// (measured with 2 threads for SmolLM2-135M's matrices: 1.6–2.4x faster than `linear`
+/// with one row, 1.2–1.8x with 4, 0.9–1.2x with 8, slower beyond; docs/benchmarks.md,
+/// "Generation on SmolLM2").
 pub const BF16_ROWS: RangeInclusive<i64> = 1..=4;
 
 /// Weight rows one task computes: large enough that a task is worth handing to a thread,
@@ -35,7 +37,7 @@ pub fn available() -> bool {
         static OK: OnceLock<bool> = OnceLock::new();
         *OK.get_or_init(|| {
             let pinned = std::env::var("ATEN_CPU_CAPABILITY").is_ok_and(|v| v != "avx512");
-            !pinned && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
+            !pinned && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -44,33 +46,57 @@ pub fn available() -> bool {
     }
 }
 
-/// A `[out, in]` bf16 weight matrix held for `x · Wᵀ` with few rows. It shares the weight's
-/// storage (no copy), so unlike [`crate::packed::PackedWeight`] it follows in-place changes.
+/// `[out, in]` bf16 weight matrices with a common `in`, held for `x · Wᵀ` with few rows,
+/// where `W` stacks them (the outputs of all, side by side, from one call). It shares the
+/// matrices' storage (no copy), so unlike [`crate::packed::PackedWeight`] it follows
+/// in-place changes.
 #[derive(Debug)]
 pub(crate) struct Bf16Weight {
-    weight: Tensor,
+    parts: Vec<Tensor>,
+    /// Per task: (part, its weight rows, first output column of the part).
+    tasks: Vec<(usize, Range<usize>, usize)>,
     out_features: i64,
     in_features: i64,
 }
 
 impl Bf16Weight {
-    /// `Ok(None)` unless `weight` is a contiguous bf16 CPU matrix whose width the kernel
-    /// takes (a multiple of 16) and the CPU runs the kernel.
-    pub(crate) fn new(weight: &Tensor) -> Result<Option<Self>> {
-        let size = weight.size();
-        if !available()
-            || weight.device() != Device::Cpu
-            || weight.kind() != Kind::BFloat16
-            || size.len() != 2
-            || size[1] % 16 != 0
-            || !weight.is_contiguous()
-        {
+    /// `Ok(None)` unless `parts` are contiguous bf16 CPU matrices of one width that the
+    /// kernel takes (a multiple of 32) and the CPU runs the kernel.
+    pub(crate) fn new(parts: &[&Tensor]) -> Result<Option<Self>> {
+        let Some(first) = parts.first() else {
+            return Ok(None);
+        };
+        let k = first.size().get(1).copied().unwrap_or(0);
+        let fits = |w: &Tensor| {
+            let size = w.size();
+            w.device() == Device::Cpu
+                && w.kind() == Kind::BFloat16
+                && size.len() == 2
+                && size[1] == k
+                && w.is_contiguous()
+        };
+        if !available() || k % x86::LANES as i64 != 0 || !parts.iter().all(|w| fits(w)) {
             return Ok(None);
         }
+        let mut tasks = Vec::new();
+        let mut col = 0;
+        for (i, w) in parts.iter().enumerate() {
+            let n = w.size()[0] as usize;
+            for start in (0..n).step_by(TASK_COLS) {
+                tasks.push((i, start..(start + TASK_COLS).min(n), col));
+            }
+            col += n;
+        }
         Ok(Some(Bf16Weight {
-            weight: tch::no_grad(|| weight.f_detach())?,
-            out_features: size[0],
-            in_features: size[1],
+            parts: tch::no_grad(|| {
+                parts
+                    .iter()
+                    .map(|w| w.f_detach())
+                    .collect::<std::result::Result<Vec<_>, _>>()
+            })?,
+            tasks,
+            out_features: col as i64,
+            in_features: k,
         }))
     }
 
@@ -112,21 +138,26 @@ impl Bf16Weight {
         }
         // SAFETY: `x` is a contiguous bf16 [m, k] tensor, alive for this scope.
         let xs = unsafe { std::slice::from_raw_parts(x.data_ptr() as *const u16, m * k) };
-        let xf: Vec<f32> = xs.iter().map(|&b| bf16_to_f32(b)).collect();
         let out = Tensor::f_empty([m as i64, n as i64], (Kind::BFloat16, Device::Cpu))?;
         let out_ptr = SharedOut(out.data_ptr() as *mut u16);
-        let w_ptr = self.weight.data_ptr() as usize;
-        for_each_task(n.div_ceil(TASK_COLS), &|t| {
-            let cols = t * TASK_COLS..((t + 1) * TASK_COLS).min(n);
-            // SAFETY: the weight is a contiguous bf16 [n, k] matrix (checked at creation,
-            // kept alive by `self`), `k` is a multiple of 16, and each task writes only
-            // its own columns `cols` of the [m, n] output.
+        let parts: Vec<(usize, usize)> = self
+            .parts
+            .iter()
+            .map(|w| (w.data_ptr() as usize, w.size()[0] as usize))
+            .collect();
+        let tasks = &self.tasks;
+        for_each_task(tasks.len(), &|t| {
+            let (part, ref rows, col) = tasks[t];
+            let (w_ptr, w_rows) = parts[part];
+            // SAFETY: each part is a contiguous bf16 [w_rows, k] matrix (checked at
+            // creation, kept alive by `self`), `k` is a multiple of the kernel's lanes,
+            // and each task writes only its own columns of the [m, n] output.
             unsafe {
-                let w = std::slice::from_raw_parts(w_ptr as *const u16, n * k);
+                let w = std::slice::from_raw_parts(w_ptr as *const u16, w_rows * k);
                 let out = out_ptr;
-                x86::products(&xf, m, w, k, cols, |r, j, sum| {
-                    let v = sum + bias.as_ref().map_or(0.0, |b| b[j]);
-                    *out.0.add(r * n + j) = f32_to_bf16(v);
+                x86::products(xs, m, w, k, rows.clone(), |r, j, sum| {
+                    let v = sum + bias.as_ref().map_or(0.0, |b| b[col + j]);
+                    *out.0.add(r * n + col + j) = f32_to_bf16(v);
                 });
             }
         });
@@ -144,10 +175,6 @@ struct SharedOut(*mut u16);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
-fn bf16_to_f32(b: u16) -> f32 {
-    f32::from_bits((b as u32) << 16)
-}
-
 /// Round to nearest, ties to even, as libtorch converts (NaN stays a quiet NaN).
 fn f32_to_bf16(v: f32) -> u16 {
     if v.is_nan() {
@@ -163,22 +190,24 @@ mod x86 {
     use std::ops::Range;
 
     /// Weight rows per tile: four independent accumulator chains per input row hide the
-    /// latency of the fused multiply-adds.
+    /// latency of the dot-product instructions.
     const TILE_W: usize = 4;
-    /// Input rows per tile: 4 × 4 accumulators plus the weights fit the 32 registers.
+    /// Input rows per tile: 4 × 4 accumulators plus the operands fit the 32 registers.
     const TILE_X: usize = 4;
     /// Weight rows ahead to prefetch: with it a thread streamed 18–24 GB/s instead of 7–18
     /// (the hardware prefetcher alone does not keep enough reads in flight).
     const PREFETCH: usize = 4;
+    /// bf16 values per instruction.
+    pub(super) const LANES: usize = 32;
 
     /// Calls `emit(r, j, x[r] · w[j])` for every input row `r < m` and weight row `j` in
-    /// `cols`; `x` is `[m, k]` fp32, `w` `[.., k]` bf16 bits.
+    /// `cols`; `x` is `[m, k]` and `w` `[.., k]`, both bf16 bits.
     ///
     /// # Safety
-    /// The CPU must have AVX-512 F and BW, `k` must be a multiple of 16, `x` must hold
-    /// `m * k` values and `w` at least `cols.end * k`.
+    /// The CPU must have AVX-512 F and BF16, `k` must be a multiple of [`LANES`], `x` must
+    /// hold `m * k` values and `w` at least `cols.end * k`.
     pub(super) unsafe fn products(
-        x: &[f32],
+        x: &[u16],
         m: usize,
         w: &[u16],
         k: usize,
@@ -192,7 +221,7 @@ mod x86 {
             while r < m {
                 let tx = TILE_X.min(m - r);
                 let mut sums = [[0f32; TILE_W]; TILE_X];
-                // Full tiles take the unrolled kernel; edges the one-row one.
+                // Full tiles take the unrolled kernel; the last weight rows the one-row one.
                 if tw == TILE_W {
                     match tx {
                         4 => tile::<4>(x, r, w, j, k, &mut sums),
@@ -218,18 +247,19 @@ mod x86 {
         }
     }
 
-    /// Sixteen bf16 values widened to fp32 (exact: bf16 is fp32's upper half).
-    #[target_feature(enable = "avx512f,avx512bw")]
+    /// [`LANES`] bf16 values from `p`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
     #[inline]
-    unsafe fn widen(p: *const u16) -> __m512 {
-        let h = _mm256_loadu_si256(p as *const __m256i);
-        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    unsafe fn load(p: *const u16) -> __m512bh {
+        std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p as *const __m512i))
     }
 
-    /// `TX` input rows from `r` against [`TILE_W`] weight rows from `j`.
-    #[target_feature(enable = "avx512f,avx512bw")]
+    /// `TX` input rows from `r` against [`TILE_W`] weight rows from `j`. Lane `i` of an
+    /// accumulator sums the products of columns `2i` and `2i + 1` of every 32-column block
+    /// (each product exact in fp32, each addition rounded once), then the lanes are added.
+    #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn tile<const TX: usize>(
-        x: &[f32],
+        x: &[u16],
         r: usize,
         w: &[u16],
         j: usize,
@@ -241,24 +271,22 @@ mod x86 {
         let wp = w.as_ptr().add(j * k);
         let mut c = 0;
         while c < k {
-            let mut wv = [_mm512_setzero_ps(); TILE_W];
-            for (b, v) in wv.iter_mut().enumerate() {
-                *v = widen(wp.add(b * k + c));
+            let mut wv = [load(wp.add(c)); TILE_W];
+            for (b, v) in wv.iter_mut().enumerate().skip(1) {
+                *v = load(wp.add(b * k + c));
             }
-            if PREFETCH > 0 && c % 32 == 0 {
-                for b in 0..TILE_W {
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        wp.wrapping_add((PREFETCH + b) * k + c) as *const i8
-                    );
-                }
+            for b in 0..TILE_W {
+                // One 64-byte line per weight row and step; past the matrix's end it is
+                // only a hint, never a read.
+                _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add((PREFETCH + b) * k + c) as *const i8);
             }
             for (a, row) in acc.iter_mut().enumerate() {
-                let xv = _mm512_loadu_ps(xp.add(a * k + c));
+                let xv = load(xp.add(a * k + c));
                 for (b, s) in row.iter_mut().enumerate() {
-                    *s = _mm512_fmadd_ps(xv, wv[b], *s);
+                    *s = _mm512_dpbf16_ps(*s, xv, wv[b]);
                 }
             }
-            c += 16;
+            c += LANES;
         }
         for (a, row) in acc.iter().enumerate() {
             for (b, s) in row.iter().enumerate() {
@@ -267,18 +295,15 @@ mod x86 {
         }
     }
 
-    /// One input row against one weight row, for the edges of the tiling.
-    #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn dot(x: &[f32], w: &[u16], k: usize) -> f32 {
+    /// One input row against one weight row, for the last rows of a task; the same sums
+    /// in the same order as [`tile`].
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn dot(x: &[u16], w: &[u16], k: usize) -> f32 {
         let mut acc = _mm512_setzero_ps();
         let mut c = 0;
         while c < k {
-            acc = _mm512_fmadd_ps(
-                _mm512_loadu_ps(x.as_ptr().add(c)),
-                widen(w.as_ptr().add(c)),
-                acc,
-            );
-            c += 16;
+            acc = _mm512_dpbf16_ps(acc, load(x.as_ptr().add(c)), load(w.as_ptr().add(c)));
+            c += LANES;
         }
         _mm512_reduce_add_ps(acc)
     }
@@ -286,8 +311,10 @@ mod x86 {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod x86 {
+    pub(super) const LANES: usize = 32;
+
     pub(super) unsafe fn products(
-        _: &[f32],
+        _: &[u16],
         _: usize,
         _: &[u16],
         _: usize,
@@ -302,6 +329,10 @@ mod x86 {
 mod tests {
     use super::*;
 
+    fn bf16_to_f32(b: u16) -> f32 {
+        f32::from_bits((b as u32) << 16)
+    }
+
     fn randn(dims: &[i64], seed: i64) -> Tensor {
         tch::manual_seed(seed);
         Tensor::randn(dims, (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16)
@@ -313,14 +344,16 @@ mod tests {
             eprintln!("skipped: no AVX-512 here");
             return;
         }
-        // 70 rows: full tiles, a partial tile and more than one task.
-        let w = randn(&[70, 48], 1);
-        let b = randn(&[70], 2);
-        let p = Bf16Weight::new(&w)
+        // 70 = 64 + 6 rows, then 9 more: full and partial tiles, several tasks, and two
+        // stacked matrices.
+        let (w1, w2) = (randn(&[70, 64], 1), randn(&[9, 64], 5));
+        let w = Tensor::cat(&[&w1, &w2], 0);
+        let b = randn(&[79], 2);
+        let p = Bf16Weight::new(&[&w1, &w2])
             .unwrap()
             .expect("bf16 CPU weights are taken");
         for rows in BF16_ROWS {
-            let x = randn(&[rows, 1, 48], rows);
+            let x = randn(&[rows, 1, 64], rows);
             assert!(p.accepts(&x));
             for bias in [None, Some(&b)] {
                 let got = p.linear(&x, bias).unwrap().to_kind(Kind::Float);
@@ -359,9 +392,14 @@ mod tests {
     #[test]
     fn refuses_what_it_does_not_serve() {
         let w = randn(&[16, 32], 3);
-        assert!(Bf16Weight::new(&w.to_kind(Kind::Float)).unwrap().is_none());
-        assert!(Bf16Weight::new(&randn(&[16, 24], 3)).unwrap().is_none());
-        let Some(p) = Bf16Weight::new(&w).unwrap() else {
+        assert!(Bf16Weight::new(&[&w.to_kind(Kind::Float)])
+            .unwrap()
+            .is_none());
+        assert!(Bf16Weight::new(&[&randn(&[16, 24], 3)]).unwrap().is_none());
+        assert!(Bf16Weight::new(&[&w, &randn(&[16, 64], 3)])
+            .unwrap()
+            .is_none());
+        let Some(p) = Bf16Weight::new(&[&w]).unwrap() else {
             return;
         };
         assert!(!p.accepts(&randn(&[64, 32], 4)), "many rows: libtorch");
