@@ -11,7 +11,7 @@
 //! output is summed by one thread in a fixed order: the bits do not depend on the thread
 //! count. From 8 rows on, oneDNN's blocked products catch up and the kernel is not used.
 
-use std::ops::{Range, RangeInclusive};
+use std::ops::RangeInclusive;
 
 use tch::{Device, Kind, Tensor};
 
@@ -46,57 +46,33 @@ pub fn available() -> bool {
     }
 }
 
-/// `[out, in]` bf16 weight matrices with a common `in`, held for `x · Wᵀ` with few rows,
-/// where `W` stacks them (the outputs of all, side by side, from one call). It shares the
-/// matrices' storage (no copy), so unlike [`crate::packed::PackedWeight`] it follows
-/// in-place changes.
+/// A `[out, in]` bf16 weight matrix held for `x · Wᵀ` with few rows. It shares the weight's
+/// storage (no copy), so unlike [`crate::packed::PackedWeight`] it follows in-place changes.
 #[derive(Debug)]
 pub(crate) struct Bf16Weight {
-    parts: Vec<Tensor>,
-    /// Per task: (part, its weight rows, first output column of the part).
-    tasks: Vec<(usize, Range<usize>, usize)>,
+    weight: Tensor,
     out_features: i64,
     in_features: i64,
 }
 
 impl Bf16Weight {
-    /// `Ok(None)` unless `parts` are contiguous bf16 CPU matrices of one width that the
-    /// kernel takes (a multiple of 32) and the CPU runs the kernel.
-    pub(crate) fn new(parts: &[&Tensor]) -> Result<Option<Self>> {
-        let Some(first) = parts.first() else {
+    /// `Ok(None)` unless `weight` is a contiguous bf16 CPU matrix whose width the kernel
+    /// takes (a multiple of 32) and the CPU runs the kernel.
+    pub(crate) fn new(weight: &Tensor) -> Result<Option<Self>> {
+        let size = weight.size();
+        if !available()
+            || weight.device() != Device::Cpu
+            || weight.kind() != Kind::BFloat16
+            || size.len() != 2
+            || size[1] % x86::LANES as i64 != 0
+            || !weight.is_contiguous()
+        {
             return Ok(None);
-        };
-        let k = first.size().get(1).copied().unwrap_or(0);
-        let fits = |w: &Tensor| {
-            let size = w.size();
-            w.device() == Device::Cpu
-                && w.kind() == Kind::BFloat16
-                && size.len() == 2
-                && size[1] == k
-                && w.is_contiguous()
-        };
-        if !available() || k % x86::LANES as i64 != 0 || !parts.iter().all(|w| fits(w)) {
-            return Ok(None);
-        }
-        let mut tasks = Vec::new();
-        let mut col = 0;
-        for (i, w) in parts.iter().enumerate() {
-            let n = w.size()[0] as usize;
-            for start in (0..n).step_by(TASK_COLS) {
-                tasks.push((i, start..(start + TASK_COLS).min(n), col));
-            }
-            col += n;
         }
         Ok(Some(Bf16Weight {
-            parts: tch::no_grad(|| {
-                parts
-                    .iter()
-                    .map(|w| w.f_detach())
-                    .collect::<std::result::Result<Vec<_>, _>>()
-            })?,
-            tasks,
-            out_features: col as i64,
-            in_features: k,
+            weight: tch::no_grad(|| weight.f_detach())?,
+            out_features: size[0],
+            in_features: size[1],
         }))
     }
 
@@ -140,24 +116,18 @@ impl Bf16Weight {
         let xs = unsafe { std::slice::from_raw_parts(x.data_ptr() as *const u16, m * k) };
         let out = Tensor::f_empty([m as i64, n as i64], (Kind::BFloat16, Device::Cpu))?;
         let out_ptr = SharedOut(out.data_ptr() as *mut u16);
-        let parts: Vec<(usize, usize)> = self
-            .parts
-            .iter()
-            .map(|w| (w.data_ptr() as usize, w.size()[0] as usize))
-            .collect();
-        let tasks = &self.tasks;
-        for_each_task(tasks.len(), &|t| {
-            let (part, ref rows, col) = tasks[t];
-            let (w_ptr, w_rows) = parts[part];
-            // SAFETY: each part is a contiguous bf16 [w_rows, k] matrix (checked at
-            // creation, kept alive by `self`), `k` is a multiple of the kernel's lanes,
-            // and each task writes only its own columns of the [m, n] output.
+        let w_ptr = self.weight.data_ptr() as usize;
+        for_each_task(n.div_ceil(TASK_COLS), &|t| {
+            let cols = t * TASK_COLS..((t + 1) * TASK_COLS).min(n);
+            // SAFETY: the weight is a contiguous bf16 [n, k] matrix (checked at creation,
+            // kept alive by `self`), `k` is a multiple of the kernel's lanes, and each task writes only
+            // its own columns `cols` of the [m, n] output.
             unsafe {
-                let w = std::slice::from_raw_parts(w_ptr as *const u16, w_rows * k);
+                let w = std::slice::from_raw_parts(w_ptr as *const u16, n * k);
                 let out = out_ptr;
-                x86::products(xs, m, w, k, rows.clone(), |r, j, sum| {
-                    let v = sum + bias.as_ref().map_or(0.0, |b| b[col + j]);
-                    *out.0.add(r * n + col + j) = f32_to_bf16(v);
+                x86::products(xs, m, w, k, cols, |r, j, sum| {
+                    let v = sum + bias.as_ref().map_or(0.0, |b| b[j]);
+                    *out.0.add(r * n + j) = f32_to_bf16(v);
                 });
             }
         });
@@ -344,12 +314,10 @@ mod tests {
             eprintln!("skipped: no AVX-512 here");
             return;
         }
-        // 70 = 64 + 6 rows, then 9 more: full and partial tiles, several tasks, and two
-        // stacked matrices.
-        let (w1, w2) = (randn(&[70, 64], 1), randn(&[9, 64], 5));
-        let w = Tensor::cat(&[&w1, &w2], 0);
-        let b = randn(&[79], 2);
-        let p = Bf16Weight::new(&[&w1, &w2])
+        // 70 rows: full tiles, a partial tile and more than one task.
+        let w = randn(&[70, 64], 1);
+        let b = randn(&[70], 2);
+        let p = Bf16Weight::new(&w)
             .unwrap()
             .expect("bf16 CPU weights are taken");
         for rows in BF16_ROWS {
@@ -392,14 +360,9 @@ mod tests {
     #[test]
     fn refuses_what_it_does_not_serve() {
         let w = randn(&[16, 32], 3);
-        assert!(Bf16Weight::new(&[&w.to_kind(Kind::Float)])
-            .unwrap()
-            .is_none());
-        assert!(Bf16Weight::new(&[&randn(&[16, 24], 3)]).unwrap().is_none());
-        assert!(Bf16Weight::new(&[&w, &randn(&[16, 64], 3)])
-            .unwrap()
-            .is_none());
-        let Some(p) = Bf16Weight::new(&[&w]).unwrap() else {
+        assert!(Bf16Weight::new(&w.to_kind(Kind::Float)).unwrap().is_none());
+        assert!(Bf16Weight::new(&randn(&[16, 24], 3)).unwrap().is_none());
+        let Some(p) = Bf16Weight::new(&w).unwrap() else {
             return;
         };
         assert!(!p.accepts(&randn(&[64, 32], 4)), "many rows: libtorch");

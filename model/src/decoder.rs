@@ -6,10 +6,11 @@
 
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::bf16_rows::Bf16Weight;
 use crate::cache::KvCache;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::linear::{project, Fused, Linear};
+use crate::packed::PackedWeight;
 use crate::profile;
 use crate::rope;
 use crate::runtime::{check_dtype_supported, DType};
@@ -34,6 +35,42 @@ pub enum Attention<'a> {
 }
 
 #[derive(Debug)]
+struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    /// Set by [`Decoder::pack_for_inference`].
+    packed: Option<Prepared>,
+}
+
+/// A weight matrix made ready for inference products on the CPU.
+#[derive(Debug)]
+enum Prepared {
+    /// fp32: packed for MKL.
+    Mkl(PackedWeight),
+    /// bf16: the few-row kernel.
+    Bf16(Bf16Weight),
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let bias = self.bias.as_ref();
+        match &self.packed {
+            Some(Prepared::Mkl(p)) if p.accepts(x) => p.linear(x, bias),
+            Some(Prepared::Bf16(p)) if p.accepts(x) => p.linear(x, bias),
+            _ => Ok(x.f_linear(&self.weight, bias)?),
+        }
+    }
+
+    fn pack(&mut self) -> Result<bool> {
+        self.packed = match PackedWeight::new(&self.weight)? {
+            Some(p) => Some(Prepared::Mkl(p)),
+            None => Bf16Weight::new(&self.weight)?.map(Prepared::Bf16),
+        };
+        Ok(self.packed.is_some())
+    }
+}
+
+#[derive(Debug)]
 struct Layer {
     input_norm: Tensor,
     q: Linear,
@@ -44,10 +81,6 @@ struct Layer {
     gate: Linear,
     up: Linear,
     down: Linear,
-    /// q, k and v as one product; set by [`Decoder::pack_for_inference`].
-    qkv: Option<Fused>,
-    /// gate and up as one product; set likewise.
-    gate_up: Option<Fused>,
 }
 
 impl Layer {
@@ -61,33 +94,6 @@ impl Layer {
             &mut self.up,
             &mut self.down,
         ]
-    }
-
-    /// Inference forms of the weights: q, k, v and gate, up fused where possible (their
-    /// fused product takes every input they would, so they are not prepared alone).
-    fn prepare(&mut self) -> Result<bool> {
-        self.qkv = Fused::new(&[&self.q, &self.k, &self.v])?;
-        self.gate_up = Fused::new(&[&self.gate, &self.up])?;
-        let mut any = self.qkv.is_some() || self.gate_up.is_some();
-        let mut alone = vec![&mut self.o, &mut self.down];
-        if self.qkv.is_none() {
-            alone.extend([&mut self.q, &mut self.k, &mut self.v]);
-        }
-        if self.gate_up.is_none() {
-            alone.extend([&mut self.gate, &mut self.up]);
-        }
-        for lin in alone {
-            any |= lin.prepare()?;
-        }
-        Ok(any)
-    }
-
-    fn unprepare(&mut self) {
-        self.qkv = None;
-        self.gate_up = None;
-        for lin in self.linears_mut() {
-            lin.unprepare();
-        }
     }
 }
 
@@ -156,7 +162,11 @@ impl Decoder {
             } else {
                 None
             };
-            Ok(Linear::new(weight, bias))
+            Ok(Linear {
+                weight,
+                bias,
+                packed: None,
+            })
         };
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let (nh, nkv, d) = (
@@ -191,8 +201,6 @@ impl Decoder {
                 gate: linear(&mlp.sub("gate_proj"), i, h, cfg.mlp_bias)?,
                 up: linear(&mlp.sub("up_proj"), i, h, cfg.mlp_bias)?,
                 down: linear(&mlp.sub("down_proj"), h, i, cfg.mlp_bias)?,
-                qkv: None,
-                gate_up: None,
             });
         }
         let norm = param(&model.sub("norm"), "weight", &[h], Fill::Ones)?;
@@ -215,7 +223,11 @@ impl Decoder {
             embed,
             layers,
             norm,
-            lm_head: Linear::new(lm_head_weight, None),
+            lm_head: Linear {
+                weight: lm_head_weight,
+                bias: None,
+                packed: None,
+            },
             inv_freq,
         })
     }
@@ -253,24 +265,28 @@ impl Decoder {
     /// second, padded copy of the matrices (about 1.75x their size). The packed copy is a
     /// snapshot: call this only on a decoder whose weights no longer change (generation,
     /// probing, evaluation), never before training. bf16 CPU matrices are not copied but
-    /// routed to [`crate::bf16_rows`]' kernel for products of a few rows. Each layer's q,
-    /// k, v and its gate, up projections become one product each (module `linear`).
-    /// Returns whether anything was prepared (nothing on other devices or dtypes, or
-    /// without MKL and AVX-512 BF16).
+    /// routed to [`crate::bf16_rows`]' kernel for products of a few rows. Returns whether
+    /// anything was prepared (nothing on other devices or dtypes, or without MKL and
+    /// AVX-512).
     pub fn pack_for_inference(&mut self) -> Result<bool> {
-        let mut packed = self.lm_head.prepare()?;
-        for layer in &mut self.layers {
-            packed |= layer.prepare()?;
+        let mut packed = false;
+        for lin in self.linears_mut() {
+            packed |= lin.pack()?;
         }
         Ok(packed)
     }
 
     /// Drops the packed copies made by [`Decoder::pack_for_inference`].
     pub fn unpack(&mut self) {
-        self.lm_head.unprepare();
-        for layer in &mut self.layers {
-            layer.unprepare();
+        for lin in self.linears_mut() {
+            lin.packed = None;
         }
+    }
+
+    /// Every weight matrix applied with `linear`: the head and each layer's seven.
+    fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+        std::iter::once(&mut self.lm_head)
+            .chain(self.layers.iter_mut().flat_map(Layer::linears_mut))
     }
 
     /// A cache sized for `batch` rows and `capacity` columns (grows on demand).
@@ -478,8 +494,8 @@ impl Decoder {
             x = x.f_add(&a)?;
             let h = self.rms_norm(&x, &layer.post_norm)?;
             let _t = profile::scope("mlp", device);
-            let [g, u] = project(layer.gate_up.as_ref(), [&layer.gate, &layer.up], &h)?;
-            let m = layer.down.forward(&g.f_silu()?.f_mul(&u)?)?;
+            let g = layer.gate.forward(&h)?.f_silu()?;
+            let m = layer.down.forward(&g.f_mul(&layer.up.forward(&h)?)?)?;
             x = x.f_add(&m)?;
         }
         self.rms_norm(&x, &self.norm)
@@ -502,10 +518,9 @@ impl Decoder {
         let heads = |t: Tensor, n: i64| -> Result<Tensor> {
             Ok(t.f_view([b, l, n, c.head_dim])?.f_transpose(1, 2)?)
         };
-        let [q, k, v] = project(layer.qkv.as_ref(), [&layer.q, &layer.k, &layer.v], x)?;
-        let q = heads(q, c.num_attention_heads)?;
-        let k = heads(k, c.num_key_value_heads)?;
-        let v = heads(v, c.num_key_value_heads)?;
+        let q = heads(layer.q.forward(x)?, c.num_attention_heads)?;
+        let k = heads(layer.k.forward(x)?, c.num_key_value_heads)?;
+        let v = heads(layer.v.forward(x)?, c.num_key_value_heads)?;
         let q = rope::apply(&q, cos, sin)?;
         let k = rope::apply(&k, cos, sin)?;
         let (k, v) = match cache {

@@ -23,7 +23,6 @@ pub mod generate;
 pub mod gguf;
 pub mod hub_dir;
 pub mod layout;
-mod linear;
 pub mod logits;
 mod omp_pool;
 pub mod packed;
