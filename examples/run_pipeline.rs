@@ -31,6 +31,7 @@ fn main() -> Result<()> {
             until: None,
             progress: ProgressMode::Log,
             keep_scratch: false,
+            remote: None,
         },
     )
     .context("running the pipeline")?;

@@ -10,7 +10,7 @@ use sspo_engine::executor::{self, default_run_dir, RunError};
 use sspo_engine::sql::{self, Format};
 use sspo_engine::{Diagnostics, Pipeline, Plan, ProgressMode, Registry, RunOptions};
 
-use crate::{export, launch, sharded};
+use crate::{export, launch, location, sharded};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -159,9 +159,15 @@ enum Command {
 
 #[derive(clap::Args, Debug, Clone)]
 struct Target {
-    /// Run directory (default: runs/<pipeline name>).
-    #[arg(long, value_name = "DIR")]
+    /// Run directory (default: runs/<pipeline name>): a local path, or a URL on object
+    /// storage, s3://BUCKET/PREFIX (also gs://, az://, file://), reached with the cloud's
+    /// usual environment variables (see docs/scale-out.md).
+    #[arg(long, value_name = "DIR|URL")]
     run_dir: Option<PathBuf>,
+    /// The local working copy of a run directory on object storage (default:
+    /// $SSPO_CACHE_DIR/runs/NAME-HASH, else ~/.cache/sspo/runs/NAME-HASH).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
     /// Override a value of the spec: KEY=VALUE (e.g. nodes.rollouts.params.temperature=0.7).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
@@ -297,10 +303,12 @@ fn run_dir_of(plan: &Plan, target: &Target) -> PathBuf {
         .unwrap_or_else(|| default_run_dir(plan))
 }
 
-/// A pipeline file → its run dir; a directory → itself.
-fn resolve_source(source: &Path, target: &Target) -> Result<PathBuf, Failure> {
-    if source.is_dir() {
-        return Ok(source.to_path_buf());
+/// A pipeline file → its run dir; a directory or a run directory's URL → itself. An
+/// object store's run directory is fetched into its working copy first.
+fn resolve_source(source: &Path, target: &Target) -> Result<location::RunDir, Failure> {
+    let cache = target.cache_dir.as_deref();
+    if source.is_dir() || sspo_engine::remote::is_url(&source.to_string_lossy()) {
+        return location::open_for_reading(source, cache);
     }
     if !source.exists() {
         return Err(Failure {
@@ -312,7 +320,7 @@ fn resolve_source(source: &Path, target: &Target) -> Result<PathBuf, Failure> {
         });
     }
     let plan = load_plan(source, &target.sets, ModelChecks::Off)?;
-    Ok(run_dir_of(&plan, target))
+    location::open_for_reading(&run_dir_of(&plan, target), cache)
 }
 
 fn dispatch(cmd: Command) -> Result<(), Failure> {
@@ -337,10 +345,11 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             // environment variables).
             sspo_operators::model_port::configure_cpu(&plan.pipeline.cpu)
                 .context(pipeline.display())?;
-            let run_dir = run_dir_of(&plan, &target);
+            let run_dir = location::open(&run_dir_of(&plan, &target), target.cache_dir.as_deref())?;
             install_ctrlc();
             let opts = RunOptions {
-                run_dir: run_dir.clone(),
+                run_dir: run_dir.local.clone(),
+                remote: run_dir.remote.clone(),
                 force,
                 until,
                 progress: match progress {
@@ -356,7 +365,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             }
             match executor::run(&plan, &opts) {
                 Ok(outcomes) => {
-                    print_outcomes(&outcomes, &run_dir);
+                    print_outcomes(&outcomes, &run_dir.shown());
                     Ok(())
                 }
                 Err(e @ RunError::Interrupted(_)) => Err(Failure {
@@ -373,8 +382,10 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             target,
         } => {
             let plan = load_plan(&pipeline, &target.sets, ModelChecks::Off)?;
+            let run_dir = location::open(&run_dir_of(&plan, &target), target.cache_dir.as_deref())?;
             let opts = RunOptions {
-                run_dir: run_dir_of(&plan, &target),
+                run_dir: run_dir.local,
+                remote: run_dir.remote,
                 force: Vec::new(),
                 until: None,
                 progress: ProgressMode::detect(),
@@ -419,7 +430,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             out,
             target,
         } => {
-            let run_dir = resolve_source(&source, &target)?;
+            let run_dir = resolve_source(&source, &target)?.local;
             let n = export::export(&run_dir, &node, format, &out).map_err(|e| Failure {
                 code: 1,
                 message: format!("error: {e:#}"),
@@ -439,9 +450,12 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
         }
         Command::Status { pipeline, target } => {
             let plan = load_plan(&pipeline, &target.sets, ModelChecks::Off)?;
-            let run_dir = run_dir_of(&plan, &target);
-            let rows = executor::status(&plan, &run_dir)
-                .context(format!("reading {}", run_dir.display()))?;
+            let opened = location::open_for_reading(
+                &run_dir_of(&plan, &target),
+                target.cache_dir.as_deref(),
+            )?;
+            let rows = executor::status(&plan, &opened.local)
+                .context(format!("reading {}", opened.shown()))?;
             println!("{:<20} {:<8} {:>10}  op", "node", "status", "rows");
             for (i, r) in rows.iter().enumerate() {
                 let op = &plan.nodes[plan.order[i]].spec.op;
@@ -463,7 +477,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             format,
             target,
         } => {
-            let run_dir = resolve_source(&source, &target)?;
+            let run_dir = resolve_source(&source, &target)?.local;
             let batches = sql::query(&run_dir, &query).map_err(|e| Failure::error(1, &e))?;
             print!(
                 "{}",
@@ -478,8 +492,9 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             format,
             target,
         } => {
-            let run_dir = resolve_source(&source, &target)?;
-            let tables = sql::tables(&run_dir).context("listing tables")?;
+            let opened = resolve_source(&source, &target)?;
+            let run_dir = &opened.local;
+            let tables = sql::tables(run_dir).context("listing tables")?;
             if !tables.iter().any(|t| t.name == node) {
                 let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
                 let hint = did_you_mean(&node, names.iter().copied())
@@ -489,13 +504,13 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                     code: 2,
                     message: format!(
                         "error: no table `{node}` in {}{hint}; tables: {}",
-                        run_dir.display(),
+                        opened.shown(),
                         names.join(", ")
                     ),
                 });
             }
             let q = format!("SELECT * FROM \"{node}\" LIMIT {limit}");
-            let batches = sql::query(&run_dir, &q).context("querying")?;
+            let batches = sql::query(run_dir, &q).context("querying")?;
             print!(
                 "{}",
                 ensure_newline(sql::render(&batches, format.into()).context("rendering")?)
@@ -507,8 +522,8 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             node,
             target,
         } => {
-            let run_dir = resolve_source(&source, &target)?;
-            verify(&run_dir, node.as_deref())
+            let opened = resolve_source(&source, &target)?;
+            verify(&opened.local, &opened.shown(), node.as_deref())
         }
         Command::Ops => {
             for op in registry().iter() {
@@ -520,7 +535,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
 }
 
 /// `verify`: one line per failure, a summary; exit 1 if anything failed.
-fn verify(run_dir: &Path, node: Option<&str>) -> Result<(), Failure> {
+fn verify(run_dir: &Path, shown: &str, node: Option<&str>) -> Result<(), Failure> {
     use sspo_engine::integrity::{self, VerifyError};
     let verdicts = integrity::verify(run_dir, node).map_err(|e| match e {
         VerifyError::UnknownNode { .. } => Failure::error(2, &e),
@@ -553,7 +568,7 @@ fn verify(run_dir: &Path, node: Option<&str>) -> Result<(), Failure> {
     let checked = format!("{nodes} node(s), {parts} part(s), {bytes} bytes{old}");
     let failures = damaged + unreadable;
     if failures == 0 {
-        println!("{}: ok: {checked}", run_dir.display());
+        println!("{shown}: ok: {checked}");
         return Ok(());
     }
     let repair = if damaged > 0 {
@@ -563,10 +578,7 @@ fn verify(run_dir: &Path, node: Option<&str>) -> Result<(), Failure> {
     };
     Err(Failure {
         code: 1,
-        message: format!(
-            "error: {}: {failures} failure(s) in {checked}{repair}",
-            run_dir.display()
-        ),
+        message: format!("error: {shown}: {failures} failure(s) in {checked}{repair}"),
     })
 }
 
@@ -577,7 +589,15 @@ fn ensure_newline(mut s: String) -> String {
     s
 }
 
-pub(crate) fn print_outcomes(outcomes: &[sspo_engine::NodeOutcome], run_dir: &Path) {
+/// How a run directory is shown: its URL on object storage, else its path.
+pub(crate) fn shown(opts: &RunOptions) -> String {
+    match &opts.remote {
+        Some(r) => r.url().to_string(),
+        None => opts.run_dir.display().to_string(),
+    }
+}
+
+pub(crate) fn print_outcomes(outcomes: &[sspo_engine::NodeOutcome], run_dir: &str) {
     for o in outcomes {
         match o.action {
             "cached" => eprintln!("  {:<20} cached    {:>10} rows", o.node, o.rows),
@@ -592,7 +612,7 @@ pub(crate) fn print_outcomes(outcomes: &[sspo_engine::NodeOutcome], run_dir: &Pa
             eprintln!("\n{}:\n{}", o.node, summary.trim_end());
         }
     }
-    eprintln!("run directory: {}", run_dir.display());
+    eprintln!("run directory: {run_dir}");
 }
 
 static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);

@@ -3,6 +3,7 @@
 mod cli;
 mod export;
 mod launch;
+mod location;
 mod sharded;
 
 fn main() {

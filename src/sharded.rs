@@ -5,7 +5,7 @@ use sspo_engine::executor::{self, RunError};
 use sspo_engine::shard::Shard;
 use sspo_engine::{Diagnostics, Plan, RunOptions};
 
-use crate::cli::{invalid, print_outcomes, Failure};
+use crate::cli::{invalid, print_outcomes, shown, Failure};
 
 /// The shard of `--shard TEXT`; a node named by `--node` that cannot be sharded is a
 /// located spec error (exit 2), like every other `validate` error.
@@ -43,9 +43,9 @@ pub fn run(
     }
     if !report.committed.is_empty() {
         eprintln!("every chunk was done: committed");
-        print_outcomes(&report.committed, &opts.run_dir);
+        print_outcomes(&report.committed, &shown(opts));
     } else {
-        eprintln!("run directory: {}", opts.run_dir.display());
+        eprintln!("run directory: {}", shown(opts));
     }
     Ok(())
 }
@@ -66,7 +66,7 @@ pub fn commit(plan: &Plan, opts: &RunOptions, node: Option<&str>) -> Result<(), 
         .into_iter()
         .filter(|o| o.action != "cached")
         .collect();
-    print_outcomes(&committed, &opts.run_dir);
+    print_outcomes(&committed, &shown(opts));
     Ok(())
 }
 

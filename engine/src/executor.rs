@@ -10,6 +10,7 @@ pub use commit::commit;
 pub use shard::{run_shard, shard_diagnostic, ShardNode, ShardReport};
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use sspo_common::suggest::did_you_mean;
@@ -19,8 +20,10 @@ use crate::fingerprint::ContentHasher;
 use crate::markers;
 use crate::plan::{Plan, PlanError};
 use crate::progress::{Progress, ProgressMode};
+use crate::remote::sync::{self, PullMode};
+use crate::remote::{Lease, RemoteRun};
 use crate::run::RunContext;
-use crate::store::{Manifest, NodeDir, NodeState, RunLock, StoreError};
+use crate::store::{LockMode, Manifest, NodeDir, NodeState, RunLock, StoreError};
 
 /// The state of a node's output relative to the current spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +143,69 @@ pub struct RunOptions {
     /// Keep a completed node's `scratch/` directory (checkpoints, caches) instead of
     /// deleting it: for inspecting what a run wrote there.
     pub keep_scratch: bool,
+    /// The object store the run directory lives on, when it is a URL; `run_dir` is then
+    /// its local working copy (see [`crate::remote`]).
+    pub remote: Option<Arc<RemoteRun>>,
+}
+
+impl RunOptions {
+    /// Node `id`'s directory, committing to the object store when there is one.
+    pub fn node_dir(&self, id: &str) -> NodeDir {
+        NodeDir::new(&self.run_dir, id).with_remote(self.remote.clone())
+    }
+}
+
+/// What a process holds while it works on a run directory: the working copy's lock and,
+/// on object storage, the lease.
+pub(crate) struct Held {
+    _lock: RunLock,
+    _lease: Option<Lease>,
+}
+
+/// Takes the run directory in `mode` (waiting for conflicting holders if `wait`, and
+/// saying so through `log`), then brings an object-store run's working copy up to date.
+pub(crate) fn hold(
+    opts: &RunOptions,
+    mode: LockMode,
+    wait: bool,
+    log: &dyn Fn(&str),
+) -> Result<Held, RunError> {
+    let lock = if wait {
+        RunLock::acquire_waiting(&opts.run_dir, mode, |path| {
+            log(&format!(
+                "waiting for the run-dir lock {} (another process is at work on it)",
+                path.display()
+            ))
+        })?
+    } else {
+        RunLock::acquire(&opts.run_dir)?
+    };
+    let lease = match &opts.remote {
+        Some(remote) => {
+            let lease = Lease::acquire(remote, mode, wait, log).map_err(StoreError::from)?;
+            let pull_mode = match mode {
+                LockMode::Exclusive => PullMode::Mirror,
+                LockMode::Shared => PullMode::Add,
+            };
+            let started = Instant::now();
+            let pulled = sync::pull(remote, pull_mode)?;
+            if pulled.fetched > 0 {
+                log(&format!(
+                    "fetched {} files ({:.1} MB) of {} in {:.1}s",
+                    pulled.fetched,
+                    pulled.bytes as f64 / 1e6,
+                    remote.url(),
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            Some(lease)
+        }
+        None => None,
+    };
+    Ok(Held {
+        _lock: lock,
+        _lease: lease,
+    })
 }
 
 /// The default run directory: `runs/<name>` under the working directory.
@@ -226,7 +292,11 @@ pub(crate) fn resolve_node(plan: &Plan, id: &str) -> Result<usize, RunError> {
 
 /// Runs the plan. Holds the run-dir lock throughout.
 pub fn run(plan: &Plan, opts: &RunOptions) -> Result<Vec<NodeOutcome>, RunError> {
-    let _lock = RunLock::acquire(&opts.run_dir)?;
+    let progress = Progress::new(opts.progress);
+    let _held = hold(opts, LockMode::Exclusive, false, &|line| {
+        progress.println(line)
+    })?;
+    drop(progress);
     let hasher = hasher_for(&opts.run_dir);
     let fps = plan.fingerprints(&hasher)?;
     let targets: Vec<usize> = match &opts.until {
@@ -272,13 +342,13 @@ fn run_nodes(
     // only its own directory, so the scan stays true for the nodes after it.
     let mut scans = repair::scan(plan, &opts.run_dir, fps, order, forced)?;
     repair::hash_read_parts(plan, &opts.run_dir, &mut scans);
-    let repaired = repair::repair(plan, &opts.run_dir, &mut scans, &log)?;
+    let repaired = repair::repair(plan, opts, &mut scans, &log)?;
     let mut outcomes = Vec::new();
     for scanned in scans {
         let i = scanned.index;
         let node = &plan.nodes[i];
         let id = node.id();
-        let dir = NodeDir::new(&opts.run_dir, id);
+        let dir = opts.node_dir(id);
         let mut manifest = scanned.manifest;
         match scanned.status {
             NodeStatus::Cached => {
@@ -311,16 +381,8 @@ fn run_nodes(
         let inputs = plan.inputs_of(i, &opts.run_dir, fps, hasher)?;
         let bar = progress.node(id, "rows");
         let start = Instant::now();
-        let mut ctx = RunContext::for_node(
-            plan,
-            i,
-            fps[i].clone(),
-            opts.run_dir.clone(),
-            inputs,
-            &bar,
-            manifest,
-            &log,
-        );
+        let mut ctx =
+            RunContext::for_node(plan, i, fps[i].clone(), opts, inputs, &bar, manifest, &log);
         let action = if !dropped.is_empty() {
             "repaired"
         } else if mode == RunMode::Commit {

@@ -75,7 +75,11 @@ pub fn node_dirs(run_dir: &Path) -> Option<Vec<NodeDir>> {
         .filter(|p| p.join(MANIFEST).is_file() || p.join(crate::markers::SHARDS_DIR).is_dir())
         .collect();
     dirs.sort();
-    Some(dirs.into_iter().map(|path| NodeDir { path }).collect())
+    Some(
+        dirs.into_iter()
+            .map(|path| NodeDir { path, remote: None })
+            .collect(),
+    )
 }
 
 /// Checks the manifest and the size and hash of every listed part of every node of

@@ -6,7 +6,8 @@
 //! The modules are layered, each importing only from the ones before it:
 //!
 //! - foundations: [`diag`] (located diagnostics), [`yaml`], [`params`], [`failpoint`]
-//!   (test-only faults in the store's writes), [`store`] (the on-disk format), [`markers`]
+//!   (test-only faults in the store's writes), [`store`] (the on-disk format), [`remote`]
+//!   (run directories on object storage, mirrored by a local working copy), [`markers`]
 //!   (chunks committed by the shards of a sharded run), [`shard`] (which chunks a shard
 //!   owns), [`error`]
 //!   ([`OpError`]), [`binding`] (what a port is bound to), [`fingerprint`], [`progress`];
@@ -30,6 +31,7 @@ pub mod operator;
 pub mod params;
 pub mod plan;
 pub mod progress;
+pub mod remote;
 pub mod run;
 pub mod server_spec;
 pub mod shard;

@@ -22,8 +22,7 @@ use arrow::array::RecordBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{
-    now_s, write_create_only, ChunkRecord, ColumnRecord, Manifest, NodeDir, NodeState, StoreError,
-    MANIFEST_FORMAT,
+    now_s, ChunkRecord, ColumnRecord, Manifest, NodeDir, NodeState, StoreError, MANIFEST_FORMAT,
 };
 
 /// The directory of a node's markers, one sub-directory per fingerprint.
@@ -101,7 +100,7 @@ pub fn commit_chunk(
     let mut files = Vec::with_capacity(tables.len());
     for (table, batch) in tables {
         let part = dir.write_part_as(table, &name, batch, |path, bytes| {
-            if write_create_only(path, bytes, &tag)? {
+            if dir.create_file(path, bytes, &tag)? {
                 Ok(())
             } else {
                 Err(io_err(path)(std::io::Error::new(
@@ -120,11 +119,11 @@ pub fn commit_chunk(
         path: path.clone(),
         source,
     })?;
-    if write_create_only(&path, &bytes, &tag)? {
+    if dir.create_file(&path, &bytes, &tag)? {
         return Ok(true);
     }
     for f in &marker.chunk.files {
-        let _ = fs::remove_file(dir.path.join(&f.file));
+        let _ = dir.remove_file(&dir.path.join(&f.file));
     }
     Ok(false)
 }
@@ -145,26 +144,31 @@ pub fn read_markers(dir: &NodeDir, fingerprint: &str) -> Result<Vec<ChunkMarker>
         }
         let path = entry.path();
         let bytes = fs::read(&path).map_err(io_err(&path))?;
-        let invalid = |source| StoreError::Manifest {
-            path: path.clone(),
-            source,
-        };
-        #[derive(Deserialize)]
-        struct Format {
-            format: u32,
-        }
-        let Format { format } = serde_json::from_slice(&bytes).map_err(invalid)?;
-        if format > MARKER_FORMAT {
-            return Err(StoreError::NewerFormat {
-                path,
-                format,
-                supported: MARKER_FORMAT,
-            });
-        }
-        out.push(serde_json::from_slice::<ChunkMarker>(&bytes).map_err(invalid)?);
+        out.push(parse_marker(&path, &bytes)?);
     }
     out.sort_by_key(|m| m.chunk.index);
     Ok(out)
+}
+
+/// A marker's bytes (`path` names it in errors), refused if of a newer format.
+pub fn parse_marker(path: &Path, bytes: &[u8]) -> Result<ChunkMarker, StoreError> {
+    let invalid = |source| StoreError::Manifest {
+        path: path.to_path_buf(),
+        source,
+    };
+    #[derive(Deserialize)]
+    struct Format {
+        format: u32,
+    }
+    let Format { format } = serde_json::from_slice(bytes).map_err(invalid)?;
+    if format > MARKER_FORMAT {
+        return Err(StoreError::NewerFormat {
+            path: path.to_path_buf(),
+            format,
+            supported: MARKER_FORMAT,
+        });
+    }
+    serde_json::from_slice::<ChunkMarker>(bytes).map_err(invalid)
 }
 
 /// Fingerprints with markers, the most recently written first.
@@ -199,12 +203,7 @@ pub fn remove_markers(
     chunks: &BTreeSet<u64>,
 ) -> Result<(), StoreError> {
     for &c in chunks {
-        let path = marker_path(dir, fingerprint, c);
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(&path)(e)),
-        }
+        dir.remove_file(&marker_path(dir, fingerprint, c))?;
     }
     Ok(())
 }
@@ -214,14 +213,14 @@ pub fn remove_markers(
 pub fn retire_other_fingerprints(dir: &NodeDir, keep: &str) {
     for fp in marker_fingerprints(dir) {
         if fp != keep {
-            let _ = fs::remove_dir_all(dir.path.join(SHARDS_DIR).join(fp));
+            let _ = dir.remove_dir(&dir.path.join(SHARDS_DIR).join(fp));
         }
     }
 }
 
 /// Deletes every marker: the node's manifest is complete and lists their chunks.
 pub fn remove_all(dir: &NodeDir) {
-    let _ = fs::remove_dir_all(dir.path.join(SHARDS_DIR));
+    let _ = dir.remove_dir(&dir.path.join(SHARDS_DIR));
 }
 
 /// The node as readers see it: a complete manifest as it is; otherwise the manifest (if
@@ -275,6 +274,7 @@ pub fn with_markers(manifest: Option<Manifest>, markers: &[ChunkMarker]) -> Opti
                 counters: BTreeMap::new(),
                 metrics: Default::default(),
                 artifact: None,
+                files: Vec::new(),
             }
         }
     };

@@ -80,26 +80,29 @@ impl<'a> RunContext<'a> {
         plan: &crate::plan::Plan,
         index: usize,
         fingerprint: String,
-        run_dir: PathBuf,
+        opts: &crate::executor::RunOptions,
         inputs: BTreeMap<String, Input>,
         progress: &'a NodeProgress,
         manifest: Option<Manifest>,
         log: &'a (dyn Fn(&str) + Sync),
     ) -> Self {
         let node = &plan.nodes[index];
-        Self::new(
+        let mut ctx = Self::new(
             node.id().to_string(),
             node.op.name().to_string(),
             node.op.version(),
             fingerprint,
             plan.pipeline.seed,
             plan.pipeline.device.clone(),
-            run_dir,
+            opts.run_dir.clone(),
             inputs,
             progress,
             manifest,
             log,
-        )
+        );
+        // Commits go to the object store too when the run directory is on one.
+        ctx.dir = opts.node_dir(node.id());
+        ctx
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -360,7 +363,7 @@ impl<'a> RunContext<'a> {
 
     /// A directory that survives interrupted runs of the same fingerprint (checkpoints).
     pub fn scratch_dir(&self) -> Result<PathBuf, OpError> {
-        let dir = self.dir.path.join("scratch");
+        let dir = self.dir.path.join(crate::store::SCRATCH_DIR);
         std::fs::create_dir_all(&dir)
             .map_err(|e| OpError::context(dir.display().to_string(), e))?;
         Ok(dir)
@@ -466,6 +469,7 @@ impl<'a> RunContext<'a> {
             counters: BTreeMap::new(),
             metrics: Default::default(),
             artifact: None,
+            files: Vec::new(),
         });
         m.schema
             .entry(String::new())

@@ -27,6 +27,7 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 use crate::fingerprint::hash_bytes;
+use crate::remote::{RemoteError, RemoteRun};
 
 pub const MANIFEST: &str = "manifest.json";
 /// The manifest format this build writes and the newest it reads. Format 1 gained the
@@ -72,6 +73,8 @@ pub enum StoreError {
     Committed(PathBuf),
     #[error("{0}; `sspo-run verify` lists every damaged part, and the next run recomputes them")]
     Damaged(Box<Damage>),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -251,6 +254,20 @@ pub struct Manifest {
     /// Relative path of the model artifact, when the node produces one.
     #[serde(default)]
     pub artifact: Option<String>,
+    /// The node's other files (its artifact's files, reports), recorded when the run
+    /// directory is on object storage: the exact list a working copy fetches. Empty (and
+    /// not written) for local run directories.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<StoredFile>,
+}
+
+/// A node's file that is not a table part (see [`Manifest::files`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredFile {
+    /// Relative to the node directory, `/`-separated.
+    pub file: String,
+    pub bytes: u64,
+    pub blake3: String,
 }
 
 impl Manifest {
@@ -322,6 +339,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         f.sync_all().map_err(io_err(tmp))?;
         crate::failpoint::before_rename(tmp).map_err(io_err(tmp))
     })
+}
+
+/// [`write_atomic`] with a temp file named after `tag` (unique to the writer): for
+/// writers that may race on the same path with the same content (working copies shared
+/// by the processes of one machine).
+pub fn write_atomic_as(path: &Path, bytes: &[u8], tag: &str) -> Result<(), StoreError> {
+    let (dir, name) = dir_and_name(path);
+    let tmp = dir.join(format!(".{name}.{tag}.tmp"));
+    let written = (|| {
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        fs::rename(&tmp, path).map_err(io_err(path))
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
+    sync_dir(dir)
 }
 
 /// Writes `bytes` to `path` only if nothing is there yet, durably and atomically: a temp
@@ -398,16 +434,78 @@ fn replace_atomically(
     sync_dir(dir)
 }
 
-/// The directory of one node.
+/// The directory of one node. When the run directory is on object storage, `path` is in
+/// the local working copy and every write that commits something is made on the store
+/// as well, the store deciding (see [`crate::remote`]).
 #[derive(Debug, Clone)]
 pub struct NodeDir {
     pub path: PathBuf,
+    pub remote: Option<Arc<RemoteRun>>,
 }
 
 impl NodeDir {
     pub fn new(run_dir: &Path, node: &str) -> Self {
         Self {
             path: run_dir.join(node),
+            remote: None,
+        }
+    }
+
+    /// The same directory, committing to `remote` as well.
+    pub fn with_remote(mut self, remote: Option<Arc<RemoteRun>>) -> Self {
+        self.remote = remote;
+        self
+    }
+
+    /// The store and the path inside the run directory of `local` (a path in this
+    /// node's directory), when the run directory is on object storage.
+    fn remote_rel(&self, local: &Path) -> Option<(&RemoteRun, String)> {
+        let remote = self.remote.as_deref()?;
+        Some((remote, remote.rel_of(local)?))
+    }
+
+    /// Writes `bytes` at `path` (in this node's directory) only if nothing is there: on
+    /// object storage the store's conditional create decides, then the working copy gets
+    /// the file. `false` means another writer was first and nothing was changed.
+    pub fn create_file(&self, path: &Path, bytes: &[u8], tag: &str) -> Result<bool, StoreError> {
+        match self.remote_rel(path) {
+            Some((remote, rel)) => {
+                crate::failpoint::before_rename(path).map_err(io_err(path))?;
+                if !remote.create(&rel, bytes)? {
+                    return Ok(false);
+                }
+                if let Some(dir) = path.parent() {
+                    fs::create_dir_all(dir).map_err(io_err(dir))?;
+                }
+                write_atomic_as(path, bytes, tag)?;
+                Ok(true)
+            }
+            None => write_create_only(path, bytes, tag),
+        }
+    }
+
+    /// Deletes the file at `path` (in this node's directory), here and on the store.
+    pub fn remove_file(&self, path: &Path) -> Result<(), StoreError> {
+        if let Some((remote, rel)) = self.remote_rel(path) {
+            remote.delete(&rel)?;
+        }
+        match fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(path)(e)),
+        }
+    }
+
+    /// Deletes the directory at `path` (in this node's directory) with everything in
+    /// it, here and on the store.
+    pub fn remove_dir(&self, path: &Path) -> Result<(), StoreError> {
+        if let Some((remote, rel)) = self.remote_rel(path) {
+            remote.delete_dir(&rel)?;
+        }
+        match fs::remove_dir_all(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(path)(e)),
         }
     }
 
@@ -428,26 +526,117 @@ impl NodeDir {
         read_manifest(&self.manifest_path())
     }
 
+    /// Commits `m`: replaces the manifest. On object storage the files it lists are
+    /// uploaded first, then the manifest itself (the commit point), then the working
+    /// copy's manifest is replaced.
     pub fn write_manifest(&self, m: &Manifest) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec_pretty(m).map_err(|source| StoreError::Manifest {
-            path: self.manifest_path(),
-            source,
-        })?;
-        write_atomic(&self.manifest_path(), &bytes)
+        let path = self.manifest_path();
+        match self.remote_rel(&path) {
+            Some((remote, rel)) => {
+                let bytes = self.push_listed(remote, m)?;
+                crate::failpoint::before_rename(&path).map_err(io_err(&path))?;
+                remote.put(&rel, &bytes)?;
+                write_atomic_as(&path, &bytes, "commit")
+            }
+            None => write_atomic(&path, &self.manifest_bytes(m)?),
+        }
     }
 
     /// Writes the node's first manifest, create-only: `false` if one exists already
-    /// (another commit was first), and nothing is changed.
+    /// (another commit was first), and nothing is changed. On object storage the store's
+    /// conditional create decides.
     pub fn create_manifest(&self, m: &Manifest, tag: &str) -> Result<bool, StoreError> {
-        let bytes = serde_json::to_vec_pretty(m).map_err(|source| StoreError::Manifest {
-            path: self.manifest_path(),
-            source,
-        })?;
-        write_create_only(&self.manifest_path(), &bytes, tag)
+        let path = self.manifest_path();
+        match self.remote_rel(&path) {
+            Some((remote, rel)) => {
+                let bytes = self.push_listed(remote, m)?;
+                crate::failpoint::before_rename(&path).map_err(io_err(&path))?;
+                if !remote.create(&rel, &bytes)? {
+                    return Ok(false);
+                }
+                write_atomic_as(&path, &bytes, tag)?;
+                Ok(true)
+            }
+            None => write_create_only(&path, &self.manifest_bytes(m)?, tag),
+        }
     }
 
-    /// Removes everything (a different fingerprint, or `--force`).
+    fn manifest_bytes(&self, m: &Manifest) -> Result<Vec<u8>, StoreError> {
+        serde_json::to_vec_pretty(m).map_err(|source| StoreError::Manifest {
+            path: self.manifest_path(),
+            source,
+        })
+    }
+
+    /// Uploads every file `m` lists (a complete node's other files recorded in it
+    /// first) and returns the manifest's bytes, ready to commit.
+    fn push_listed(&self, remote: &RemoteRun, m: &Manifest) -> Result<Vec<u8>, StoreError> {
+        let mut m = m.clone();
+        if m.state == NodeState::Complete {
+            m.files = self.other_files(&m)?;
+        }
+        let node = self.node();
+        let mut files: Vec<(String, Option<String>)> = m
+            .parts()
+            .map(|(_, f)| (format!("{node}/{}", f.file), f.blake3.clone()))
+            .collect();
+        files.extend(
+            m.files
+                .iter()
+                .map(|f| (format!("{node}/{}", f.file), Some(f.blake3.clone()))),
+        );
+        remote.upload(&files)?;
+        self.manifest_bytes(&m)
+    }
+
+    /// The node's files that are neither parts, markers, scratch nor hidden: its
+    /// artifact and reports, with sizes and hashes.
+    fn other_files(&self, m: &Manifest) -> Result<Vec<StoredFile>, StoreError> {
+        let listed: std::collections::HashSet<&str> =
+            m.parts().map(|(_, f)| f.file.as_str()).collect();
+        let mut out = Vec::new();
+        let mut dirs = vec![self.path.clone()];
+        while let Some(dir) = dirs.pop() {
+            let entries = fs::read_dir(&dir).map_err(io_err(&dir))?;
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(rel) = relative_name(&self.path, &path) else {
+                    continue;
+                };
+                let skipped = name.starts_with('.')
+                    || rel == MANIFEST
+                    || rel == crate::markers::SHARDS_DIR
+                    || rel == SCRATCH_DIR
+                    || (name.starts_with("part-") && name.ends_with(".parquet"))
+                    || listed.contains(rel.as_str());
+                if skipped {
+                    continue;
+                }
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.is_file() {
+                    let mut hasher = blake3::Hasher::new();
+                    hasher.update_mmap(&path).map_err(io_err(&path))?;
+                    let bytes = fs::metadata(&path).map_err(io_err(&path))?.len();
+                    out.push(StoredFile {
+                        file: rel,
+                        bytes,
+                        blake3: hasher.finalize().to_hex().to_string(),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.file.cmp(&b.file));
+        Ok(out)
+    }
+
+    /// Removes everything (a different fingerprint, or `--force`), here and on the
+    /// store.
     pub fn wipe(&self) -> Result<(), StoreError> {
+        if let Some((remote, rel)) = self.remote_rel(&self.path) {
+            remote.delete_dir(&rel)?;
+        }
         if self.path.exists() {
             fs::remove_dir_all(&self.path).map_err(io_err(&self.path))?;
         }
@@ -479,23 +668,31 @@ impl NodeDir {
                     .map(|t| self.path.join(t)),
             );
         }
+        if let Some((remote, node)) = self.remote_rel(&self.path) {
+            for key in remote.list(&node)? {
+                let Some(rel) = key.strip_prefix(&format!("{node}/")) else {
+                    continue;
+                };
+                let in_table_dir = match rel.rsplit_once('/') {
+                    None => true,
+                    Some((table, _)) => dirs.contains(&self.path.join(table)),
+                };
+                let name = rel.rsplit('/').next().unwrap_or(rel);
+                if in_table_dir && uncommitted(name, rel, &listed) {
+                    remote.delete(&key)?;
+                }
+            }
+        }
         for dir in dirs {
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
             };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let is_part = name.starts_with("part-") && name.ends_with(".parquet");
-                let is_tmp = name.starts_with('.') && name.ends_with(".tmp");
-                if !(is_part || is_tmp) {
+                let Some(rel) = relative_name(&self.path, &entry.path()) else {
                     continue;
-                }
-                let rel = entry
-                    .path()
-                    .strip_prefix(&self.path)
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .unwrap_or(name);
-                if is_tmp || !listed.contains(&rel) {
+                };
+                if uncommitted(&name, &rel, &listed) {
                     fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
                     removed += 1;
                 }
@@ -586,23 +783,49 @@ impl NodeDir {
     }
 }
 
+/// Whether the file `name` (at `rel` in a node's directory or a table's) is a leftover a
+/// run deletes: a temp file, or a part the manifest does not list.
+fn uncommitted(name: &str, rel: &str, listed: &std::collections::HashSet<String>) -> bool {
+    let is_part = name.starts_with("part-") && name.ends_with(".parquet");
+    let is_tmp = name.starts_with('.') && name.ends_with(".tmp");
+    is_tmp || (is_part && !listed.contains(rel))
+}
+
+/// `path` relative to `base`, `/`-separated.
+fn relative_name(base: &Path, path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(base).ok()?;
+    let parts: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    Some(parts.join("/"))
+}
+
+/// The name of a node's scratch directory (checkpoints, caches: never committed).
+pub const SCRATCH_DIR: &str = "scratch";
+
 /// The manifest at `path`, if there is one. A manifest of a newer format is refused
 /// before anything else is read from it, so nothing acts on a format it does not know.
 pub fn read_manifest(path: &Path) -> Result<Option<Manifest>, StoreError> {
-    #[derive(Deserialize)]
-    struct Format {
-        format: u32,
-    }
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(path)(e)),
     };
+    parse_manifest(path, &bytes).map(Some)
+}
+
+/// A manifest's bytes (`path` names it in errors), refused if of a newer format.
+pub fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, StoreError> {
+    #[derive(Deserialize)]
+    struct Format {
+        format: u32,
+    }
     let invalid = |source| StoreError::Manifest {
         path: path.to_path_buf(),
         source,
     };
-    let Format { format } = serde_json::from_slice(&bytes).map_err(invalid)?;
+    let Format { format } = serde_json::from_slice(bytes).map_err(invalid)?;
     if format > MANIFEST_FORMAT {
         return Err(StoreError::NewerFormat {
             path: path.to_path_buf(),
@@ -610,7 +833,7 @@ pub fn read_manifest(path: &Path) -> Result<Option<Manifest>, StoreError> {
             supported: MANIFEST_FORMAT,
         });
     }
-    serde_json::from_slice(&bytes).map(Some).map_err(invalid)
+    serde_json::from_slice(bytes).map_err(invalid)
 }
 
 /// `batch` as a Parquet file's bytes (`path` names it in errors).
@@ -777,6 +1000,7 @@ mod tests {
             counters: Default::default(),
             metrics: Default::default(),
             artifact: None,
+            files: Vec::new(),
         };
         node.write_manifest(&m).unwrap();
         assert_eq!(node.remove_uncommitted(Some(&m)).unwrap(), 2);
@@ -863,6 +1087,7 @@ mod tests {
             counters: Default::default(),
             metrics: Default::default(),
             artifact: None,
+            files: Vec::new(),
         };
         m.drop_chunks(&[1].into());
         assert_eq!(m.state, NodeState::Partial);

@@ -112,6 +112,7 @@ fn run_with(dir: &Path, yaml: &str, tables: &Tables) -> Result<PathBuf, String> 
             until: None,
             progress: ProgressMode::Quiet,
             keep_scratch: false,
+            remote: None,
         },
     )
     .map_err(|e| e.to_string())?;

@@ -199,6 +199,7 @@ fn segment_node_throughput() {
             until: None,
             progress: ProgressMode::Quiet,
             keep_scratch: false,
+            remote: None,
         },
     )
     .unwrap();

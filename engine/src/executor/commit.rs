@@ -18,7 +18,7 @@ use super::{
 use crate::markers::{self, ChunkMarker};
 use crate::plan::Plan;
 use crate::shard::Shard;
-use crate::store::{LockMode, NodeDir, RunLock};
+use crate::store::LockMode;
 
 /// Commits `node`, or every node with markers when `node` is `None`. `log` says when the
 /// commit waits for the lock.
@@ -28,12 +28,7 @@ pub fn commit(
     node: Option<&str>,
     log: &dyn Fn(&str),
 ) -> Result<Vec<NodeOutcome>, RunError> {
-    let _lock = RunLock::acquire_waiting(&opts.run_dir, LockMode::Exclusive, |path| {
-        log(&format!(
-            "waiting for the run-dir lock {} (shards or another run are still at work)",
-            path.display()
-        ))
-    })?;
+    let _held = super::hold(opts, LockMode::Exclusive, true, log)?;
     let hasher = hasher_for(&opts.run_dir);
     let fps = plan.fingerprints(&hasher)?;
     let targets: Vec<usize> = match node {
@@ -42,14 +37,14 @@ pub fn commit(
             .order
             .iter()
             .copied()
-            .filter(|&i| markers::has_shards(&NodeDir::new(&opts.run_dir, plan.nodes[i].id())))
+            .filter(|&i| markers::has_shards(&opts.node_dir(plan.nodes[i].id())))
             .collect(),
     };
     let mut to_run = Vec::new();
     let mut outcomes = Vec::new();
     for &i in &targets {
         let id = plan.nodes[i].id();
-        let dir = NodeDir::new(&opts.run_dir, id);
+        let dir = opts.node_dir(id);
         let view = markers::node_view(&dir, Some(&fps[i]))?;
         match (status_of(view.as_ref(), &fps[i]), &view) {
             (NodeStatus::Cached, Some(m)) => outcomes.push(NodeOutcome {

@@ -142,7 +142,7 @@ pub(super) struct Repaired {
 /// each damaged part and what will be recomputed.
 pub(super) fn repair(
     plan: &Plan,
-    run_dir: &Path,
+    opts: &super::RunOptions,
     scans: &mut [Scanned],
     log: &dyn Fn(&str),
 ) -> Result<Vec<Repaired>, StoreError> {
@@ -164,7 +164,7 @@ pub(super) fn repair(
         }
         let mut wiped = Vec::new();
         for j in plan.downstream_of(index).into_iter().skip(1) {
-            let dir = NodeDir::new(run_dir, plan.nodes[j].id());
+            let dir = opts.node_dir(plan.nodes[j].id());
             if dir.path.exists() {
                 dir.wipe()?;
                 wiped.push(format!("`{}`", plan.nodes[j].id()));
@@ -175,7 +175,7 @@ pub(super) fn repair(
             }
         }
         m.drop_chunks(&chunks);
-        let dir = NodeDir::new(run_dir, id);
+        let dir = opts.node_dir(id);
         // A dropped chunk's marker would add it back to the view.
         markers::remove_markers(&dir, &m.fingerprint, &chunks)?;
         dir.write_manifest(&m)?;

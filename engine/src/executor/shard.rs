@@ -27,7 +27,7 @@ use crate::plan::{Binding, Plan};
 use crate::progress::Progress;
 use crate::run::RunContext;
 use crate::shard::Shard;
-use crate::store::{LockMode, NodeDir, RunLock};
+use crate::store::LockMode;
 
 /// What one shard did to one node.
 #[derive(Debug, Clone)]
@@ -102,12 +102,7 @@ pub fn run_shard(
 ) -> Result<ShardReport, RunError> {
     let progress = Progress::new(opts.progress);
     let log = |line: &str| progress.println(line);
-    let lock = RunLock::acquire_waiting(&opts.run_dir, LockMode::Shared, |path| {
-        log(&format!(
-            "waiting for the run-dir lock {} (a run or a commit holds it)",
-            path.display()
-        ))
-    })?;
+    let lock = super::hold(opts, LockMode::Shared, true, &log)?;
     let hasher = hasher_for(&opts.run_dir);
     let fps = plan.fingerprints(&hasher)?;
     let scans = repair::scan(plan, &opts.run_dir, &fps, &plan.order, &[])?;
@@ -116,7 +111,7 @@ pub fn run_shard(
     let mut complete = Vec::new();
     for i in picked {
         let id = plan.nodes[i].id();
-        let dir = NodeDir::new(&opts.run_dir, id);
+        let dir = opts.node_dir(id);
         let scanned = scans.iter().find(|s| s.index == i);
         let status = scanned.map_or(NodeStatus::Missing, |s| s.status);
         match status {
@@ -127,7 +122,7 @@ pub fn run_shard(
                     .read_manifest()?
                     .is_some_and(|m| m.fingerprint != fps[i])
                 {
-                    let _ = std::fs::remove_file(dir.manifest_path());
+                    dir.remove_file(&dir.manifest_path())?;
                 }
             }
             NodeStatus::Cached | NodeStatus::Partial | NodeStatus::Missing => {}
@@ -138,16 +133,8 @@ pub fn run_shard(
         let node = &plan.nodes[i];
         let bar = progress.node(id, "rows");
         let start = Instant::now();
-        let mut ctx = RunContext::for_node(
-            plan,
-            i,
-            fps[i].clone(),
-            opts.run_dir.clone(),
-            inputs,
-            &bar,
-            manifest,
-            &log,
-        );
+        let mut ctx =
+            RunContext::for_node(plan, i, fps[i].clone(), opts, inputs, &bar, manifest, &log);
         ctx.set_shard(shard, markers::attempt_tag());
         match node.kernel.run(&mut ctx) {
             Ok(()) | Err(OpError::ShardDone) => {}

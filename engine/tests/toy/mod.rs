@@ -107,6 +107,7 @@ pub fn options(run_dir: &Path) -> RunOptions {
         until: None,
         progress: ProgressMode::Quiet,
         keep_scratch: false,
+        remote: None,
     }
 }
 

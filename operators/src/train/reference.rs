@@ -74,8 +74,10 @@ fn write(path: &Path, refs: &[Vec<f32>]) -> Result<(), OpError> {
         schema,
         vec![Arc::new(seq.finish()), Arc::new(lists.finish())],
     )?;
+    // Scratch is never committed: a local-only view of the directory.
     let scratch = NodeDir {
         path: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        remote: None,
     };
     let part = scratch.write_part(STAGING, 0, &batch)?;
     let written = scratch.path.join(&part.file);

@@ -29,6 +29,7 @@ pub fn run_with(dir: &Path, yaml: &str, keep_scratch: bool) -> Result<PathBuf, S
             until: None,
             progress: ProgressMode::Quiet,
             keep_scratch,
+            remote: None,
         },
     )
     .map_err(|e| e.to_string())?;
