@@ -55,17 +55,8 @@ pub(crate) fn open(dir: &Path, cache_dir: Option<&Path>) -> Result<RunDir, Failu
 pub(crate) fn open_for_reading(dir: &Path, cache_dir: Option<&Path>) -> Result<RunDir, Failure> {
     let run_dir = open(dir, cache_dir)?;
     if let Some(remote) = &run_dir.remote {
-        let started = std::time::Instant::now();
-        let pulled = sync::pull(remote, PullMode::Add).map_err(|e| Failure::error(1, &e))?;
-        if pulled.fetched > 0 {
-            eprintln!(
-                "fetched {} files ({:.1} MB) of {} in {:.1}s",
-                pulled.fetched,
-                pulled.bytes as f64 / 1e6,
-                remote.url(),
-                started.elapsed().as_secs_f64()
-            );
-        }
+        sync::pull_logged(remote, PullMode::Add, &|line| eprintln!("{line}"))
+            .map_err(|e| Failure::error(1, &e))?;
     }
     Ok(run_dir)
 }

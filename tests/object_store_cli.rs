@@ -18,39 +18,12 @@ use std::process::{Child, ChildStdin, Command, Output, Stdio};
 
 use common::*;
 
-const SPEC: &str = r#"
-name: objects
-seed: 11
-models:
-  base: {builtin: tiny-synth}
-nodes:
-  problems:
-    op: source
-    params: {synth: {task: arithmetic, n: 12, seed: 2}, chunk_rows: 4}
-  rollouts:
-    op: generate
-    inputs: {prompts: problems, model: base}
-    params: {samples: 2, max_new_tokens: 16, temperature: 1.0, chunk_rows: 2, batch_size: 4}
-  steps:
-    op: segment
-    inputs: {traces: rollouts}
-    params: {chunk_rows: 5}
-  eval:
-    op: evaluate
-    inputs: {prompts: problems, models: [base]}
-    params: {split: all, samples: 1, temperature: 1.0, max_new_tokens: 12, chunk_rows: 3, batch_size: 4}
-"#;
+const SPEC: &str = SHARD_SPEC;
 
 const BUCKET: &str = "runs";
 const SECRET: &str = "test-secret-key";
 
-const TABLES: &[(&str, &str)] = &[
-    ("problems", "select * from problems order by id"),
-    ("rollouts", "select * from rollouts order by rollout_id"),
-    ("steps", "select * from steps order by rollout_id, step"),
-    ("eval", "select * from eval order by model, id, sample"),
-    ("eval_summary", "select * from eval_summary order by model"),
-];
+const TABLES: &[(&str, &str)] = SHARD_TABLES;
 
 fn server_script() -> PathBuf {
     repo().join("tests/servers/s3_server.py")

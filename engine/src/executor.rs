@@ -187,17 +187,7 @@ pub(crate) fn hold(
                 LockMode::Exclusive => PullMode::Mirror,
                 LockMode::Shared => PullMode::Add,
             };
-            let started = Instant::now();
-            let pulled = sync::pull(remote, pull_mode)?;
-            if pulled.fetched > 0 {
-                log(&format!(
-                    "fetched {} files ({:.1} MB) of {} in {:.1}s",
-                    pulled.fetched,
-                    pulled.bytes as f64 / 1e6,
-                    remote.url(),
-                    started.elapsed().as_secs_f64()
-                ));
-            }
+            sync::pull_logged(remote, pull_mode, log)?;
             Some(lease)
         }
         None => None,

@@ -489,11 +489,7 @@ impl NodeDir {
         if let Some((remote, rel)) = self.remote_rel(path) {
             remote.delete(&rel)?;
         }
-        match fs::remove_file(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(path)(e)),
-        }
+        unless_missing(fs::remove_file(path), path)
     }
 
     /// Deletes the directory at `path` (in this node's directory) with everything in
@@ -502,11 +498,7 @@ impl NodeDir {
         if let Some((remote, rel)) = self.remote_rel(path) {
             remote.delete_dir(&rel)?;
         }
-        match fs::remove_dir_all(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(path)(e)),
-        }
+        unless_missing(fs::remove_dir_all(path), path)
     }
 
     /// The node's id (the directory's name).
@@ -780,6 +772,14 @@ impl NodeDir {
         }
         let schema = schema.unwrap_or_else(|| Arc::new(Schema::empty()));
         Ok(arrow::compute::concat_batches(&schema, &batches)?)
+    }
+}
+
+/// A deletion's result, where nothing to delete is success.
+fn unless_missing(result: std::io::Result<()>, path: &Path) -> Result<(), StoreError> {
+    match result {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(path)(e)),
+        _ => Ok(()),
     }
 }
 

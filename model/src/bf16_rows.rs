@@ -78,13 +78,7 @@ impl Bf16Weight {
 
     /// Whether `x` `[..., in]` takes the kernel (see [`BF16_ROWS`]).
     pub(crate) fn accepts(&self, x: &Tensor) -> bool {
-        let size = x.size();
-        let rows: i64 = size[..size.len().saturating_sub(1)].iter().product();
-        x.device() == Device::Cpu
-            && x.kind() == Kind::BFloat16
-            && size.last() == Some(&self.in_features)
-            && BF16_ROWS.contains(&rows)
-            && !x.requires_grad()
+        crate::packed::fits_rows(x, Kind::BFloat16, self.in_features, &BF16_ROWS)
     }
 
     /// `x · Wᵀ + bias` for an `x` that [`accepts`](Self::accepts), rounded to bf16.

@@ -25,6 +25,23 @@ use crate::error::{ModelError, Result};
 /// blocking catches up.
 pub const PACKED_ROWS: RangeInclusive<i64> = 4..=256;
 
+/// Whether `x` `[..., in_features]` is an inference input (CPU, no gradient) of `kind`
+/// with a row count in `rows`: what a weight kept in a kernel's own layout can take.
+pub(crate) fn fits_rows(
+    x: &Tensor,
+    kind: Kind,
+    in_features: i64,
+    rows: &RangeInclusive<i64>,
+) -> bool {
+    let size = x.size();
+    let n: i64 = size[..size.len().saturating_sub(1)].iter().product();
+    x.device() == Device::Cpu
+        && x.kind() == kind
+        && size.last() == Some(&in_features)
+        && rows.contains(&n)
+        && !x.requires_grad()
+}
+
 /// The row count the weights are packed for. MKL's packed layout serves any row count, but
 /// its blocking follows this hint: packed for 12 rows, products of 64 or more rows ran up
 /// to 2x slower than plain `linear`; packed for 64, none of 4–256 rows did.
@@ -144,13 +161,7 @@ impl PackedWeight {
 
     /// Whether `x` `[..., in]` takes the packed path (see [`PACKED_ROWS`]).
     pub(crate) fn accepts(&self, x: &Tensor) -> bool {
-        let size = x.size();
-        let rows: i64 = size[..size.len().saturating_sub(1)].iter().product();
-        x.device() == Device::Cpu
-            && x.kind() == Kind::Float
-            && size.last() == Some(&self.in_features)
-            && PACKED_ROWS.contains(&rows)
-            && !x.requires_grad()
+        fits_rows(x, Kind::Float, self.in_features, &PACKED_ROWS)
     }
 
     /// `x · Wᵀ + bias` for an `x` that [`accepts`](Self::accepts).

@@ -160,3 +160,37 @@ pub fn smollm2_gguf() -> PathBuf {
     assert!(path.is_file(), "{} is missing", path.display());
     path
 }
+
+/// A four-node pipeline on the built-in tiny model whose row-wise nodes have several
+/// chunks each: the sharded-run tests' pipeline (local and object-storage run dirs).
+pub const SHARD_SPEC: &str = r#"
+name: shard
+seed: 11
+models:
+  base: {builtin: tiny-synth}
+nodes:
+  problems:
+    op: source
+    params: {synth: {task: arithmetic, n: 12, seed: 2}, chunk_rows: 4}
+  rollouts:
+    op: generate
+    inputs: {prompts: problems, model: base}
+    params: {samples: 2, max_new_tokens: 16, temperature: 1.0, chunk_rows: 2, batch_size: 4}
+  steps:
+    op: segment
+    inputs: {traces: rollouts}
+    params: {chunk_rows: 5}
+  eval:
+    op: evaluate
+    inputs: {prompts: problems, models: [base]}
+    params: {split: all, samples: 1, temperature: 1.0, max_new_tokens: 12, chunk_rows: 3, batch_size: 4}
+"#;
+
+/// Every table of [`SHARD_SPEC`], in a fixed row order.
+pub const SHARD_TABLES: &[(&str, &str)] = &[
+    ("problems", "select * from problems order by id"),
+    ("rollouts", "select * from rollouts order by rollout_id"),
+    ("steps", "select * from steps order by rollout_id, step"),
+    ("eval", "select * from eval order by model, id, sample"),
+    ("eval_summary", "select * from eval_summary order by model"),
+];

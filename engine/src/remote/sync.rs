@@ -65,6 +65,26 @@ pub fn pull(remote: &RemoteRun, mode: PullMode) -> Result<PullReport, StoreError
     Ok(report)
 }
 
+/// [`pull`], saying through `log` what it fetched, if anything.
+pub fn pull_logged(
+    remote: &RemoteRun,
+    mode: PullMode,
+    log: &dyn Fn(&str),
+) -> Result<PullReport, StoreError> {
+    let started = std::time::Instant::now();
+    let pulled = pull(remote, mode)?;
+    if pulled.fetched > 0 {
+        log(&format!(
+            "fetched {} files ({:.1} MB) of {} in {:.1}s",
+            pulled.fetched,
+            pulled.bytes as f64 / 1e6,
+            remote.url(),
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    Ok(pulled)
+}
+
 /// The node's manifest and the files it lists; a manifest the store lacks is deleted.
 fn pull_manifest(
     remote: &RemoteRun,
