@@ -380,25 +380,8 @@ fn the_same_shard_twice_at_once_leaves_exactly_one_part_per_chunk() {
                 .expect("spawn")
         })
         .collect();
-    for (f, c) in flags.iter().zip(children.iter_mut()) {
-        while !f.exists() {
-            if let Some(st) = c.try_wait().expect("wait") {
-                panic!("an attempt ended ({st}) before its first write");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-    }
-    for c in &children {
-        let sent = Command::new("kill")
-            .args(["-s", "TERM", &c.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(sent.success());
-    }
-    for c in children {
-        let o = c.wait_with_output().expect("reap");
-        assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
-    }
+    wait_paused(&flags, &mut children);
+    interrupt_all(children);
     let parts = part_objects(&s3, "twice", "rollouts");
     assert_eq!(parts.len(), 1, "one attempt's part of chunk 0: {parts:?}");
     let markers: Vec<String> = s3.objects("twice/rollouts/shards/").into_keys().collect();

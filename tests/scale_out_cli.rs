@@ -206,25 +206,8 @@ fn the_same_shard_twice_at_once_leaves_exactly_one_part_per_chunk() {
                 .expect("spawn")
         })
         .collect();
-    for (m, c) in markers.iter().zip(children.iter_mut()) {
-        while !m.exists() {
-            if let Some(st) = c.try_wait().expect("wait") {
-                panic!("an attempt ended ({st}) before its first write");
-            }
-            std::thread::park_timeout(std::time::Duration::from_millis(5));
-        }
-    }
-    for c in &children {
-        let sent = Command::new("kill")
-            .args(["-s", "TERM", &c.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(sent.success());
-    }
-    for c in children {
-        let o = finish(c);
-        assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
-    }
+    wait_paused(&markers, &mut children);
+    interrupt_all(children);
     let files = node_files(p, "twice", "rollouts");
     assert_eq!(files.len(), 1, "one attempt's part of chunk 0: {files:?}");
     let markers_dir = std::fs::read_dir(p.join("twice/rollouts/shards"))

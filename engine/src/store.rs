@@ -341,18 +341,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     })
 }
 
+/// Writes `bytes` to a new file at `tmp` and fsyncs it.
+fn write_synced(tmp: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut f = File::create(tmp).map_err(io_err(tmp))?;
+    f.write_all(bytes).map_err(io_err(tmp))?;
+    f.sync_all().map_err(io_err(tmp))
+}
+
 /// [`write_atomic`] with a temp file named after `tag` (unique to the writer): for
 /// writers that may race on the same path with the same content (working copies shared
 /// by the processes of one machine).
 pub fn write_atomic_as(path: &Path, bytes: &[u8], tag: &str) -> Result<(), StoreError> {
     let (dir, name) = dir_and_name(path);
     let tmp = dir.join(format!(".{name}.{tag}.tmp"));
-    let written = (|| {
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        fs::rename(&tmp, path).map_err(io_err(path))
-    })();
+    let written =
+        write_synced(&tmp, bytes).and_then(|()| fs::rename(&tmp, path).map_err(io_err(path)));
     if written.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -369,9 +372,7 @@ pub fn write_create_only(path: &Path, bytes: &[u8], tag: &str) -> Result<bool, S
     let (dir, name) = dir_and_name(path);
     let tmp = dir.join(format!(".{name}.{tag}.tmp"));
     let written = (|| {
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
+        write_synced(&tmp, bytes)?;
         crate::failpoint::before_rename(&tmp).map_err(io_err(&tmp))?;
         match fs::hard_link(&tmp, path) {
             Ok(()) => Ok(true),

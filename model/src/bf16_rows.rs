@@ -84,13 +84,12 @@ impl Bf16Weight {
     /// `x · Wᵀ + bias` for an `x` that [`accepts`](Self::accepts), rounded to bf16.
     pub(crate) fn linear(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         if !self.accepts(x) {
-            return Err(ModelError::Input(format!(
-                "bf16 linear: input {:?} ({:?}) does not fit a [{}, {}] weight",
-                x.size(),
-                x.kind(),
+            return Err(crate::packed::misfit(
+                "bf16",
+                x,
                 self.out_features,
-                self.in_features
-            )));
+                self.in_features,
+            ));
         }
         let size = x.size();
         let lead = &size[..size.len() - 1];

@@ -25,6 +25,15 @@ use crate::error::{ModelError, Result};
 /// blocking catches up.
 pub const PACKED_ROWS: RangeInclusive<i64> = 4..=256;
 
+/// The error for an input a kernel's `linear` does not take (`what`: the kernel).
+pub(crate) fn misfit(what: &str, x: &Tensor, out_features: i64, in_features: i64) -> ModelError {
+    ModelError::Input(format!(
+        "{what} linear: input {:?} ({:?}) does not fit a [{out_features}, {in_features}] weight",
+        x.size(),
+        x.kind(),
+    ))
+}
+
 /// Whether `x` `[..., in_features]` is an inference input (CPU, no gradient) of `kind`
 /// with a row count in `rows`: what a weight kept in a kernel's own layout can take.
 pub(crate) fn fits_rows(
@@ -168,13 +177,7 @@ impl PackedWeight {
     pub(crate) fn linear(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let mkl = mkl().ok_or_else(|| ModelError::Input("MKL is not available".into()))?;
         if !self.accepts(x) {
-            return Err(ModelError::Input(format!(
-                "packed linear: input {:?} ({:?}) does not fit a [{}, {}] weight",
-                x.size(),
-                x.kind(),
-                self.out_features,
-                self.in_features
-            )));
+            return Err(misfit("packed", x, self.out_features, self.in_features));
         }
         let size = x.size();
         let lead = &size[..size.len() - 1];

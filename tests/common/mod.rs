@@ -194,3 +194,31 @@ pub const SHARD_TABLES: &[(&str, &str)] = &[
     ("eval", "select * from eval order by model, id, sample"),
     ("eval_summary", "select * from eval_summary order by model"),
 ];
+
+/// Waits until every child has created its flag file (a `pause` fail point was
+/// reached); panics if one ends first.
+pub fn wait_paused(flags: &[PathBuf], children: &mut [std::process::Child]) {
+    for (f, c) in flags.iter().zip(children.iter_mut()) {
+        while !f.exists() {
+            if let Some(st) = c.try_wait().expect("wait") {
+                panic!("a process ended ({st}) before its paused write");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+/// Sends SIGTERM to every child, then asserts that each stopped as interrupted (130).
+pub fn interrupt_all(children: Vec<std::process::Child>) {
+    for c in &children {
+        let sent = Command::new("kill")
+            .args(["-s", "TERM", &c.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+    }
+    for c in children {
+        let o = c.wait_with_output().expect("reap");
+        assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    }
+}
