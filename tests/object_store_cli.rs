@@ -325,12 +325,7 @@ fn a_killed_shard_leaves_a_stale_lease_that_is_taken_over_and_nothing_is_lost_or
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    while !flag.exists() {
-        if let Some(st) = child.try_wait().expect("wait") {
-            panic!("the shard ended ({st}) before its 4th write");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    wait_paused(&[flag], std::slice::from_mut(&mut child));
     child.kill().expect("kill -9");
     child.wait().expect("reap");
     assert_eq!(

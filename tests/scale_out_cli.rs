@@ -146,12 +146,7 @@ fn a_shard_killed_mid_chunk_and_rerun_loses_and_duplicates_nothing() {
             )
             .spawn()
             .expect("spawn");
-        while !marker.exists() {
-            if let Some(st) = child.try_wait().expect("wait") {
-                panic!("the shard ended ({st}) before its write {nth}");
-            }
-            std::thread::park_timeout(std::time::Duration::from_millis(5));
-        }
+        wait_paused(&[marker], std::slice::from_mut(&mut child));
         child.kill().expect("kill -9");
         child.wait().expect("reap");
         // Until the commit the node is partial, with exactly the chunk committed.

@@ -333,10 +333,8 @@ pub fn now_s() -> f64 {
 /// so that the rename itself survives a crash. Readers see the old content or the new,
 /// never a part of it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    replace_atomically(path, |tmp| {
-        let mut f = File::create(tmp).map_err(io_err(tmp))?;
-        f.write_all(bytes).map_err(io_err(tmp))?;
-        f.sync_all().map_err(io_err(tmp))?;
+    replace_atomically(path, None, |tmp| {
+        write_synced(tmp, bytes)?;
         crate::failpoint::before_rename(tmp).map_err(io_err(tmp))
     })
 }
@@ -352,15 +350,7 @@ fn write_synced(tmp: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 /// writers that may race on the same path with the same content (working copies shared
 /// by the processes of one machine).
 pub fn write_atomic_as(path: &Path, bytes: &[u8], tag: &str) -> Result<(), StoreError> {
-    let (dir, name) = dir_and_name(path);
-    let tmp = dir.join(format!(".{name}.{tag}.tmp"));
-    let written =
-        write_synced(&tmp, bytes).and_then(|()| fs::rename(&tmp, path).map_err(io_err(path)));
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written?;
-    sync_dir(dir)
+    replace_atomically(path, Some(tag), |tmp| write_synced(tmp, bytes))
 }
 
 /// Writes `bytes` to `path` only if nothing is there yet, durably and atomically: a temp
@@ -423,15 +413,24 @@ pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 
 /// The protocol behind [`write_atomic`], for writers that produce the file themselves:
 /// `write` fills (and fsyncs) the temp path `.<name>.tmp` next to `path`, which is then
-/// renamed over `path`, and the directory fsynced.
+/// renamed over `path`, and the directory fsynced. With a `tag` the temp file is
+/// `.<name>.<tag>.tmp`, unique to its writer, and deleted if the write fails; without
+/// one a failed write's temp file is left for the next run's cleanup.
 fn replace_atomically(
     path: &Path,
+    tag: Option<&str>,
     write: impl FnOnce(&Path) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let (dir, name) = dir_and_name(path);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    write(&tmp)?;
-    fs::rename(&tmp, path).map_err(io_err(path))?;
+    let tmp = match tag {
+        Some(tag) => dir.join(format!(".{name}.{tag}.tmp")),
+        None => dir.join(format!(".{name}.tmp")),
+    };
+    let written = write(&tmp).and_then(|()| fs::rename(&tmp, path).map_err(io_err(path)));
+    if written.is_err() && tag.is_some() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
     sync_dir(dir)
 }
 
@@ -793,7 +792,7 @@ fn uncommitted(name: &str, rel: &str, listed: &std::collections::HashSet<String>
 }
 
 /// `path` relative to `base`, `/`-separated.
-fn relative_name(base: &Path, path: &Path) -> Option<String> {
+pub(crate) fn relative_name(base: &Path, path: &Path) -> Option<String> {
     let rel = path.strip_prefix(base).ok()?;
     let parts: Vec<String> = rel
         .components()

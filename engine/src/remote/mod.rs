@@ -149,12 +149,7 @@ impl RemoteRun {
 
     /// The path inside the run directory of a path in the working copy, if it is there.
     pub fn rel_of(&self, local: &Path) -> Option<String> {
-        let rel = local.strip_prefix(&self.local).ok()?;
-        let parts: Vec<String> = rel
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect();
-        Some(parts.join("/"))
+        crate::store::relative_name(&self.local, local)
     }
 
     fn store_err(&self, rel: &str) -> impl FnOnce(object_store::Error) -> RemoteError + '_ {
